@@ -1,0 +1,43 @@
+"""Session-wide real servers and per-test unique names.
+
+Servers are started by the project's own code (runtime.infra) on 127.0.0.1 free ports and
+stopped when the session ends. Each test gets unique topic/group names so tests never see each
+other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.infra.tansu import TansuServer
+
+RUN_ROOT = Path(os.environ.get("GREENROOM_TEST_RUN_DIR", Path(__file__).parent.parent / ".run" / "tests"))
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    path = RUN_ROOT / uuid.uuid4().hex[:8]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tansu(run_dir: Path) -> Iterator[TansuServer]:
+    """One Tansu broker for the whole session (in-memory storage)."""
+    server = TansuServer(run_dir / "tansu")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for topic, group, schema and bucket names."""
+    return uuid.uuid4().hex[:10]
