@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"GREENROOM_EDGE_PORT must be a TCP port, got {self.edge_port}")
 
     def env(self) -> dict[str, str]:
-        """These settings as ``GREENROOM_*`` variables (non-default ones only), for child processes."""
+        """The non-default settings as ``GREENROOM_*`` variables, for child processes."""
         defaults = Settings()
         out: dict[str, str] = {}
         for name in self.__struct_fields__:
@@ -106,7 +106,9 @@ def load_settings(
         try:
             raw.update(tomllib.loads(Path(path).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"GREENROOM_CONFIG={path}: cannot read settings file: {exc}") from exc
+            raise SettingsError(
+                f"GREENROOM_CONFIG={path}: cannot read settings file: {exc}"
+            ) from exc
     fields = set(Settings.__struct_fields__)
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":

@@ -73,7 +73,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def new(
         cls,
-        type: str,  # noqa: A002 - the DESIGN.md field name
+        type: str,
         body: bytes,
         *,
         key: str = "",

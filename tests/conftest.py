@@ -16,7 +16,9 @@ import pytest
 
 from runtime.infra.tansu import TansuServer
 
-RUN_ROOT = Path(os.environ.get("GREENROOM_TEST_RUN_DIR", Path(__file__).parent.parent / ".run" / "tests"))
+RUN_ROOT = Path(
+    os.environ.get("GREENROOM_TEST_RUN_DIR", Path(__file__).parent.parent / ".run" / "tests")
+)
 
 
 @pytest.fixture(scope="session")

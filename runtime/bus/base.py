@@ -86,7 +86,7 @@ class OffsetTracker:
         self._pending.append(offset)
 
     def acked(self, offset: int) -> None:
-        """Record that ``offset`` is finished. Acknowledging twice, or an unknown offset, is a no-op."""
+        """Record that ``offset`` is finished; a repeated or unknown offset is a no-op."""
         pending = self._pending
         if pending and pending[0] == offset:
             pending.popleft()

@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args_list[0]!r}; choose from {', '.join(commands)}")
     name = args_list[0]
     module = importlib.import_module(commands[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"greenroom {name}", description=commands[name][1])
+    command_parser = argparse.ArgumentParser(
+        prog=f"greenroom {name}", description=commands[name][1]
+    )
     module.add_arguments(command_parser)
     args = command_parser.parse_args(args_list[1:])
     from runtime.config import SettingsError

@@ -84,13 +84,14 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def wait_ready(self, check: Callable[[], bool], timeout: float) -> None:
-        """Wait for ``check`` (a real round trip) to pass; raise with the log tail if it never does."""
+        """Wait for ``check`` (a real round trip) to pass; raise with the log tail if not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
+                code = self.process.poll() if self.process else None
                 raise ServerStartError(
-                    f"{self.name} exited during start-up (code {self.process and self.process.poll()})"
-                    f"; log {self.log_path}:\n{self.log_tail()}"
+                    f"{self.name} exited during start-up (code {code});"
+                    f" log {self.log_path}:\n{self.log_tail()}"
                 )
             with contextlib.suppress(Exception):
                 if check():
@@ -115,10 +116,8 @@ class ServerProcess:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever the leader did, make sure no member of its group outlives it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -31,8 +31,11 @@ def tansu_binary() -> str:
 def _api_versions_round_trip(port: int) -> bool:
     # A real Kafka ApiVersions request (key 18, v0): proves the broker parses and answers.
     request = (
-        (18).to_bytes(2, "big") + (0).to_bytes(2, "big") + (1).to_bytes(4, "big")
-        + (9).to_bytes(2, "big") + b"greenroom"
+        (18).to_bytes(2, "big")
+        + (0).to_bytes(2, "big")
+        + (1).to_bytes(4, "big")
+        + (9).to_bytes(2, "big")
+        + b"greenroom"
     )
     with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
         sock.sendall(len(request).to_bytes(4, "big") + request)
@@ -55,9 +58,12 @@ class TansuServer:
             [
                 tansu_binary(),
                 "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", storage,
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                storage,
             ],
             run_dir / "tansu.log",
         )
