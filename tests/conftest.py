@@ -43,3 +43,24 @@ def tansu(run_dir: Path) -> Iterator[TansuServer]:
 def unique() -> str:
     """A short unique token for topic, group, schema and bucket names."""
     return uuid.uuid4().hex[:10]
+
+
+# In CI a test that needs a real server must run, never skip: a skipped Kafka test would hide a
+# broken infrastructure start behind a green build.
+_REAL_SERVER_MARKERS = ("kafka", "postgres", "redis", "s3", "e2e", "chaos")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        os.environ.get("CI")
+        and report.skipped
+        and any(item.get_closest_marker(m) for m in _REAL_SERVER_MARKERS)
+        and not item.get_closest_marker("allow_skip_in_ci")
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped in CI, but it needs a real server that CI provides: {report.longrepr}"
+        )
