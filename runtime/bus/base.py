@@ -286,6 +286,23 @@ class Broker(abc.ABC):
         ``key`` (default ``envelope.key``) picks the partition.
         """
 
+    @abc.abstractmethod
+    async def publish_raw(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Append a record as-is (no envelope), waiting as :meth:`publish` does.
+
+        For dead-lettering a record that is not a valid envelope without loss, and for tests that
+        need a record some other tool could have written. ``key`` picks the partition as in
+        :meth:`publish`; subscribers see a record without valid envelope headers as a
+        :class:`Delivery` whose ``error`` is an :class:`InvalidRecordError`.
+        """
+
     async def publish_many(self, topic: str, envelopes: Iterable[Envelope]) -> None:
         """Publish several envelopes, pipelined, and wait for all; keys from each envelope."""
         for envelope in envelopes:
