@@ -1,0 +1,1 @@
+"""Demo actors and helpers shared by the runtime's tests."""
