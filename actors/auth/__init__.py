@@ -1,0 +1,1 @@
+"""The auth service: tokens and signing keys (contracts in ``actors.auth.contracts``)."""
