@@ -40,5 +40,11 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger with ``logger=name`` and any extra context bound."""
-    return structlog.get_logger(name).bind(logger=name, **context)
+    """A lazy structlog logger with ``logger_name=name`` and any extra context.
+
+    Lazy on purpose: a module-level logger made at import time, before
+    :func:`configure_logging`, must still use the configuration in force when it first logs.
+    (``logger=`` cannot be used as the key: it clashes with ``structlog.wrap_logger``'s own
+    ``logger`` parameter.)
+    """
+    return structlog.get_logger(logger_name=name, **context)

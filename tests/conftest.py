@@ -11,10 +11,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from runtime.infra.tansu import TansuServer
+
+if TYPE_CHECKING:
+    from runtime.infra.seaweedfs import SeaweedFSServer
 
 RUN_ROOT = Path(
     os.environ.get("GREENROOM_TEST_RUN_DIR", Path(__file__).parent.parent / ".run" / "tests")
@@ -64,3 +68,56 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = (
             f"skipped in CI, but it needs a real server that CI provides: {report.longrepr}"
         )
+
+
+# --- data servers (runtime.infra): the machine's own where present, else embedded ones.
+
+MACHINE_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+MACHINE_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def seaweed(run_dir: Path) -> Iterator[SeaweedFSServer]:
+    """One SeaweedFS (``weed mini``, S3 with an admin identity) for the whole session."""
+    from runtime.infra.seaweedfs import SeaweedFSServer
+
+    server = SeaweedFSServer(run_dir / "seaweedfs")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(run_dir: Path) -> Iterator[str]:
+    """The machine's Postgres on 127.0.0.1:5432 if it answers, else an embedded one."""
+    from runtime.infra.postgres import postgres_round_trip, start_embedded_postgres
+
+    try:
+        postgres_round_trip(MACHINE_POSTGRES_URL, timeout=2.0)
+    except Exception:  # any failure means "not usable here": start our own
+        server = start_embedded_postgres(run_dir / "postgres")
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    yield MACHINE_POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url(run_dir: Path) -> Iterator[str]:
+    """The machine's Redis on 127.0.0.1:6379 if it answers, else an embedded one."""
+    from runtime.infra.redis import redis_round_trip, start_embedded_redis
+
+    try:
+        redis_round_trip(MACHINE_REDIS_URL, timeout=2.0)
+    except Exception:  # any failure means "not usable here": start our own
+        server = start_embedded_redis(run_dir / "redis")
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    yield MACHINE_REDIS_URL

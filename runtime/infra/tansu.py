@@ -28,7 +28,7 @@ def tansu_binary() -> str:
     return path
 
 
-def _api_versions_round_trip(port: int) -> bool:
+def _api_versions_round_trip(port: int, host: str = "127.0.0.1") -> bool:
     # A real Kafka ApiVersions request (key 18, v0): proves the broker parses and answers.
     request = (
         (18).to_bytes(2, "big")
@@ -37,7 +37,7 @@ def _api_versions_round_trip(port: int) -> bool:
         + (9).to_bytes(2, "big")
         + b"greenroom"
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+    with socket.create_connection((host, port), timeout=1.0) as sock:
         sock.sendall(len(request).to_bytes(4, "big") + request)
         size = int.from_bytes(sock.recv(4), "big")
         body = sock.recv(size)
@@ -46,13 +46,25 @@ def _api_versions_round_trip(port: int) -> bool:
 
 @final
 class TansuServer:
-    """A Tansu broker on 127.0.0.1 with in-memory (or ``storage``) storage."""
+    """A Tansu broker on ``host`` (default 127.0.0.1) with in-memory (or ``storage``) storage.
 
-    def __init__(self, run_dir: Path, *, port: int | None = None, storage: str = "memory://tansu/"):
+    ``host`` is the address it listens on and advertises: another address of this machine lets
+    clients in other network namespaces reach it (tests/integration/test_netns_scaling.py).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        port: int | None = None,
+        storage: str = "memory://tansu/",
+        host: str = "127.0.0.1",
+    ):
+        self.host = host
         self.port = port or free_port()
         self.storage = storage
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://127.0.0.1:{self.port}"
+        self.bootstrap = f"{host}:{self.port}"
+        url = f"tcp://{host}:{self.port}"
         self.process = ServerProcess(
             "tansu",
             [
@@ -70,7 +82,7 @@ class TansuServer:
 
     def start(self, timeout: float = 30.0) -> None:
         self.process.start()
-        self.process.wait_ready(lambda: _api_versions_round_trip(self.port), timeout)
+        self.process.wait_ready(lambda: _api_versions_round_trip(self.port, self.host), timeout)
 
     def stop(self) -> None:
         self.process.stop()
