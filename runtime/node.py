@@ -190,6 +190,7 @@ class Node:
                 restart=Restart.TRANSIENT,
                 shutdown_s=self.settings.shutdown_timeout_s,
             ),
+            *self.actor.supervised_children(self),
             *self.extra_children,
         ]
 

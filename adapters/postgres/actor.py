@@ -8,7 +8,7 @@
         async def place(self, msg: PlaceOrder, ctx: Context) -> OrderPlaced:
             tx = transaction(ctx)                      # this message's unit of work
             await tx.conn.execute("INSERT INTO orders ...", ...)
-            await tx.emit(OrderCreated(...))          # outbox row, published after commit
+            await ctx.emit(OrderCreated(...))         # outbox row, published after commit
             return OrderPlaced(...)
 
 What the runtime gets, and where:
@@ -18,10 +18,9 @@ What the runtime gets, and where:
   ``ctx.resources["db"]``. Subclasses that override it call ``await super().on_start(ctx)`` first.
 - ``handler_for`` (which the dispatcher calls once per contract) wraps each handler in
   :func:`~adapters.postgres.inbox.handle_once`; a duplicate returns the stored reply.
-- :func:`add_outbox_relay` appends the relay to a node's supervision tree.
-
-``ctx.publish``/``ctx.emit`` still publish straight to the bus, at once and even if the
-transaction later rolls back; effects that must follow the commit go through ``transaction(ctx)``.
+- Inside a handler, ``ctx.publish``/``ctx.emit`` write outbox rows in the message's transaction
+  (``runtime.actor.outbox_scope``), so an event is published only if the effects committed.
+- :meth:`PostgresActor.supervised_children` runs the outbox relay beside the consumer.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from runtime.resilience import PolicyConfig
 from runtime.supervision import ChildSpec, Restart
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from anyio.abc import TaskStatus
 
@@ -128,6 +127,12 @@ class PostgresActor(Actor):
         if database is not None:
             await database.close()
 
+    def supervised_children(self, node: Node) -> Sequence[ChildSpec]:
+        """The outbox relay, unless :func:`add_outbox_relay` already added a tuned one."""
+        if any(child.id == RELAY_CHILD_ID for child in node.extra_children):
+            return ()
+        return (outbox_relay_spec(node),)
+
     def handler_for(self, type_tag: str) -> Callable[[Any, Context], Awaitable[Any]]:
         """The handler of ``type_tag`` run through the inbox (once per message id, in one
         transaction with its outbox rows); a duplicate gets the stored reply."""
@@ -155,9 +160,26 @@ class PostgresActor(Actor):
         return exactly_once
 
 
+RELAY_CHILD_ID = "outbox_relay"
+
+
 def add_outbox_relay(node: Node, *, poll_interval_s: float = 0.5) -> ChildSpec:
-    """Append the outbox relay of ``node``'s :class:`PostgresActor` to its supervision tree (call
-    before ``node.run``); return the child spec.
+    """Append the outbox relay of ``node``'s :class:`PostgresActor` to its supervision tree with a
+    custom ``poll_interval_s`` (call before ``node.run``); return the child spec.
+
+    A :class:`PostgresActor` runs its relay by itself (:meth:`PostgresActor.supervised_children`);
+    this is only needed to tune it, and then replaces the default one.
+
+    Raises:
+        TypeError: the node's actor is not a :class:`PostgresActor`.
+    """
+    spec = outbox_relay_spec(node, poll_interval_s=poll_interval_s)
+    node.extra_children.append(spec)
+    return spec
+
+
+def outbox_relay_spec(node: Node, *, poll_interval_s: float = 0.5) -> ChildSpec:
+    """The child spec of ``node``'s outbox relay.
 
     The relay is ``permanent``: a relay that fails (Postgres or the bus down) is restarted with
     the supervisor's backoff, and unsent rows wait in the table.
@@ -175,6 +197,4 @@ def add_outbox_relay(node: Node, *, poll_interval_s: float = 0.5) -> ChildSpec:
             actor.database, node.broker, poll_interval_s=poll_interval_s, task_status=task_status
         )
 
-    spec = ChildSpec(id="outbox_relay", start=relay, restart=Restart.PERMANENT, shutdown_s=5.0)
-    node.extra_children.append(spec)
-    return spec
+    return ChildSpec(id=RELAY_CHILD_ID, start=relay, restart=Restart.PERMANENT, shutdown_s=5.0)

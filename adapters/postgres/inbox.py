@@ -22,6 +22,7 @@ from typing import Any, Final, Generic, TypeVar, final
 import msgspec
 
 from adapters.postgres.database import Connection, Database
+from runtime.actor.context import outbox_scope
 from runtime.codec import encode
 from runtime.messages import Envelope, new_id
 
@@ -196,7 +197,9 @@ async def handle_once(
         work = UnitOfWork(conn, envelope, schema=db.schema, events_topic=events_topic, topic=topic)
         token = _current.set(work)
         try:
-            result = await handler(work)
+            # ctx.publish/ctx.emit inside the handler now write outbox rows in this transaction.
+            with outbox_scope(work):
+                result = await handler(work)
         finally:
             _current.reset(token)
         if envelope.reply_to and isinstance(result, msgspec.Struct):

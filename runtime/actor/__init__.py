@@ -4,7 +4,7 @@ request/reply layer relies on.
 """
 
 from runtime.actor.actor import Actor, HandlerSpec
-from runtime.actor.context import Context, NodeContext
+from runtime.actor.context import Context, NodeContext, TransactionalOutbox, outbox_scope
 from runtime.actor.dispatch import Dispatcher, backoff_delay
 from runtime.actor.reply import (
     INTERNAL_ERROR_MESSAGE,
@@ -20,7 +20,9 @@ __all__ = [
     "Dispatcher",
     "HandlerSpec",
     "NodeContext",
+    "TransactionalOutbox",
     "backoff_delay",
+    "outbox_scope",
     "publish_error_reply",
     "publish_reply",
     "reply_envelope",

@@ -19,12 +19,16 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import msgspec
 
 from runtime.codec import Codec, contract_tag, contract_types
+
+if TYPE_CHECKING:
+    from runtime.node import Node
+    from runtime.supervision import ChildSpec
 
 if typing.TYPE_CHECKING:
     from runtime.actor.context import Context, NodeContext
@@ -190,6 +194,14 @@ class Actor:
 
     async def on_stop(self, ctx: NodeContext) -> None:
         """Called once after the last message was handled (also after a failed start)."""
+
+    def supervised_children(self, node: Node) -> Sequence[ChildSpec]:
+        """Children this actor adds to its node's supervision tree, after the consumer.
+
+        Called when the node builds its tree (after :meth:`on_start`). An adapter layer uses it
+        to run, e.g., an outbox relay beside the consumer. The default adds none.
+        """
+        return ()
 
     # --- dispatch
 

@@ -7,8 +7,10 @@ around it, so it is cheap: a few attribute assignments and one logger bind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import msgspec
 
@@ -20,7 +22,33 @@ from runtime.messages import Envelope
 if TYPE_CHECKING:
     from runtime.request import Requester
 
-__all__ = ["Context", "NodeContext"]
+__all__ = ["Context", "NodeContext", "TransactionalOutbox", "outbox_scope"]
+
+
+class TransactionalOutbox(Protocol):
+    """Where a handler's publishes go while its message's transaction is open.
+
+    An adapter (``adapters.postgres``) installs one with :func:`outbox_scope` around a handler so
+    that ``ctx.publish``/``ctx.emit`` write outbox rows in the same transaction as the handler's
+    effects, instead of reaching the bus before the commit (DESIGN.md, delivery contract 3-4).
+    """
+
+    async def publish(
+        self, topic: str, message: msgspec.Struct, *, key: str | None = None
+    ) -> Envelope: ...
+
+
+_outbox: ContextVar[TransactionalOutbox | None] = ContextVar("greenroom_outbox", default=None)
+
+
+@contextmanager
+def outbox_scope(outbox: TransactionalOutbox) -> Iterator[None]:
+    """Route ``Context.publish``/``emit`` in this task (and tasks it starts) to ``outbox``."""
+    token = _outbox.set(outbox)
+    try:
+        yield
+    finally:
+        _outbox.reset(token)
 
 
 @final
@@ -127,9 +155,15 @@ class Context:
         by this message: same correlation id, causation id = this message's id, and the key of
         this message unless ``key`` is given. W3C ``traceparent`` is carried along.
 
+        Inside a transactional handler (an adapter's :func:`outbox_scope`), the message is written
+        to the outbox instead and published after the commit.
+
         Raises:
             BrokerError: the broker did not take the record.
         """
+        outbox = _outbox.get()
+        if outbox is not None:
+            return await outbox.publish(topic, message, key=key)
         env = self.envelope
         trace = env.headers.get("traceparent")
         return await self.node.publish(

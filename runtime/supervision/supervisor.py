@@ -243,19 +243,24 @@ class Supervisor:
 
     async def _add_child(self, run: _Run, request: _StartChild) -> None:
         run.requests.discard(request)
-        if run.spec(request.spec.id) is not None:
-            request.error = ValueError(
-                f"supervisor {self.name!r} already has a child {request.spec.id!r}"
-            )
-        else:
-            run.specs.append(request.spec)
-            run.pending.add(request.spec.id)
-            try:
-                await self._start_pending(run)
-            finally:
-                if request.spec.id not in run.running:
-                    request.error = RuntimeError(f"child {request.spec.id!r} did not start")
-                request.processed.set()
+        spec = request.spec
+        try:
+            if run.spec(spec.id) is not None:
+                request.error = ValueError(
+                    f"supervisor {self.name!r} already has a child {spec.id!r}"
+                )
+                return
+            run.specs.append(spec)
+            run.pending.add(spec.id)
+            await self._start_pending(run)
+            if spec.id not in run.running:
+                request.error = RuntimeError(f"child {spec.id!r} did not start")
+        except BaseException:
+            # Giving up or being stopped meanwhile: the caller must not wait forever.
+            request.error = RuntimeError(f"supervisor {self.name!r} stopped")
+            raise
+        finally:
+            request.processed.set()
 
     async def _start_pending(self, run: _Run) -> None:
         """Start pending children one at a time in start order, each awaited until ready."""

@@ -82,7 +82,9 @@ class Bank(PostgresActor):
             msg.account,
             msg.amount,
         )
-        await tx.emit(BalanceChanged(account=msg.account, balance=balance))
+        # ctx.emit, not the bus: inside a PostgresActor handler it writes an outbox row in this
+        # transaction, so a rolled-back handler publishes nothing.
+        await ctx.emit(BalanceChanged(account=msg.account, balance=balance))
         if msg.amount < 0:
             raise ConflictError("no withdrawals here")  # after writes: they must roll back
         return Deposited(account=msg.account, balance=balance)
