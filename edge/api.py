@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from actors.auth.contracts import GetSigningKeys, SigningKeys
 from edge.routes import Route
+from edge.routes_commerce import COMMERCE_ROUTES
+from edge.routes_files import FILES_ROUTES
+from edge.routes_identity import IDENTITY_ROUTES
 
 __all__ = ["ROUTES"]
 
@@ -23,4 +26,7 @@ ROUTES: tuple[Route, ...] = (
         key_field="kid",
         summary="Public keys that sign access tokens",
     ),
+    *IDENTITY_ROUTES,
+    *FILES_ROUTES,
+    *COMMERCE_ROUTES,
 )

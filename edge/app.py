@@ -32,6 +32,7 @@ from actors.auth.contracts import GetSigningKeys, SigningKeys
 from edge.auth import KeyFetcher, Principal, SigningKeyCache, TokenVerifier
 from edge.config import EdgeConfig
 from edge.errors import EdgeError, domain_error_response, handle_exception
+from edge.files import file_content_handlers
 from edge.idempotency import IdempotencyStore
 from edge.openapi import ContractSchemaPlugin
 from edge.ratelimit import RateLimiter
@@ -487,6 +488,7 @@ def create_app(
         return registry.render()
 
     handlers = [_route_handler(r, gateway, config) for r in routes]
+    handlers += file_content_handlers(gateway, config, routes)  # bytes: streamed, not JSON
     return Litestar(
         route_handlers=[health, ready, metrics, *handlers],
         lifespan=[lifespan],

@@ -1,7 +1,9 @@
 """Finding an actor class from what a user types: ``orders`` or ``package.module:ClassName``.
 
-* ``orders`` imports the package ``actors.orders`` and takes the :class:`Actor` subclass it
-  exposes: the one whose ``name`` is ``orders`` (or its only concrete actor class).
+* ``orders`` imports ``actors.orders.actor`` (or, if there is no such module, the package
+  ``actors.orders``) and takes the :class:`Actor` subclass it holds: the one whose ``name`` is
+  ``orders`` (or its only concrete actor class). Looking in ``actor`` first lets the package's
+  ``__init__`` stay empty, so importing ``actors.orders.contracts`` never loads the handlers.
 * ``tests.support.demo:Demo`` imports the module and takes that attribute.
 
 Only these two forms: nothing is scanned beyond the named module, so a typo fails fast with the
@@ -11,6 +13,7 @@ names that would have worked.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from types import ModuleType
 
@@ -67,7 +70,10 @@ def resolve_actor(spec: str) -> type[Actor]:
         if not (isinstance(value, type) and issubclass(value, Actor) and "handlers" in vars(value)):
             raise ActorNotFoundError(f"{spec}: {attr!r} is not a concrete Actor subclass")
         return value
-    module = _import(f"{ACTORS_PACKAGE}.{spec}", spec)
+    package = _import(f"{ACTORS_PACKAGE}.{spec}", spec)
+    module = package
+    if importlib.util.find_spec(f"{ACTORS_PACKAGE}.{spec}.actor") is not None:
+        module = _import(f"{ACTORS_PACKAGE}.{spec}.actor", spec)
     candidates = _concrete_actors(vars(module))
     named = [c for c in candidates if c.name == spec]
     if len(named) == 1:
@@ -77,7 +83,7 @@ def resolve_actor(spec: str) -> type[Actor]:
     if not candidates:
         raise ActorNotFoundError(
             f"{spec}: package {ACTORS_PACKAGE}.{spec} exposes no Actor subclass "
-            f"(import it in {ACTORS_PACKAGE}/{spec}/__init__.py)"
+            f"(define it in {ACTORS_PACKAGE}/{spec}/actor.py)"
         )
     names = ", ".join(sorted(c.__qualname__ for c in candidates))
     raise ActorNotFoundError(

@@ -3,6 +3,7 @@ bounded-memory multipart writes, presigned URLs, all behind the ``s3`` policy.
 Importing this package does not import aiobotocore; opening an :class:`ObjectStore` does."""
 
 from adapters.storage.client import MIN_PART_SIZE, ObjectInfo, ObjectStore, s3_policy
+from adapters.storage.iam import IamProvisioner
 from adapters.storage.provision import (
     SeaweedFSProvisioner,
     StaticKeysProvisioner,
@@ -13,6 +14,7 @@ from adapters.storage.provision import (
 
 __all__ = [
     "MIN_PART_SIZE",
+    "IamProvisioner",
     "ObjectInfo",
     "ObjectStore",
     "SeaweedFSProvisioner",
