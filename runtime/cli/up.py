@@ -43,7 +43,15 @@ from runtime.supervision.intensity import RestartIntensity
 
 HELP = "start infrastructure, the edge and every actor; keep them alive"
 
-__all__ = ["HELP", "UsageError", "add_arguments", "build_specs", "parse_scale", "run"]
+__all__ = [
+    "HELP",
+    "UsageError",
+    "add_arguments",
+    "build_specs",
+    "companion_specs",
+    "parse_scale",
+    "run",
+]
 
 DEFAULT_MAX_RESTARTS = 5
 DEFAULT_PERIOD_S = 60.0
@@ -229,6 +237,33 @@ def build_specs(
     return specs
 
 
+def companion_specs(specs: Sequence[ProcessSpec], run_dir: Path) -> list[ProcessSpec]:
+    """One process per helper an actor in ``specs`` declares, to start before the actors.
+
+    An actor class may name a helper it needs running beside it as ``companion = (name, module)``
+    (the payments actor's payment-provider stand-in); it is run as ``python -m <module> --run-dir
+    <run_dir>`` and supervised like an actor process. Each helper runs once, whatever the scale.
+    """
+    from runtime.registry import ActorNotFoundError, resolve_actor
+
+    out: list[ProcessSpec] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.kind != "actor" or spec.replica != 0:
+            continue
+        try:
+            companion = getattr(resolve_actor(spec.name), "companion", None)
+        except ActorNotFoundError:
+            continue  # a module:Class target; its node reports its own problems
+        if not companion or companion[0] in seen:
+            continue
+        name, module = companion
+        seen.add(name)
+        argv = (sys.executable, "-m", module, "--run-dir", str(run_dir))
+        out.append(ProcessSpec(name=name, argv=argv, env=spec.env))
+    return out
+
+
 def _wants_infra(mode: str, settings: Settings) -> bool:
     if mode != "auto":
         return mode == "embedded"
@@ -322,6 +357,7 @@ def _plan(args: argparse.Namespace, run_dir: Path, app_dir: str) -> list[Process
     )
     if not specs:
         raise UsageError("nothing to run (check --only and --scale)")
+    specs = [*companion_specs(specs, run_dir), *specs]
     try:  # the same checks ProcessSupervisor makes, before any server is started
         RestartIntensity(args.max_restarts, args.period)
         Backoff(args.backoff_base, args.backoff_cap)
