@@ -172,10 +172,10 @@ class Inventory(PostgresActor):
         if not ctx.settings.redis_url:
             ctx.log.warning("inventory.no_cache", note="GREENROOM_REDIS_URL unset: no cache")
             return
-        from adapters.redis import ActorRedis, Cache, provision_redis_user
+        from adapters.redis import ActorRedis, Cache, actor_redis_credentials
 
         try:
-            credentials = await provision_redis_user(
+            credentials = await actor_redis_credentials(
                 ctx.settings.redis_url, self.data_name or self.name
             )
         except BaseException:

@@ -29,7 +29,7 @@ from redis import RedisError
 from actors.auth.contracts import UserRegistered
 from actors.users.contracts import Address, GetProfile, Profile, ProfileUpdated, UpdateProfile
 from adapters.postgres import PostgresActor, transaction
-from adapters.redis import ActorRedis, Cache, provision_redis_user
+from adapters.redis import ActorRedis, Cache, actor_redis_credentials
 from runtime.actor import Actor, Context, NodeContext
 from runtime.errors import (
     ConflictError,
@@ -162,7 +162,7 @@ class Users(PostgresActor):
                 f"actor {self.name!r} needs Redis: set GREENROOM_REDIS_URL (an admin URL)"
             )
         await super().on_start(ctx)
-        credentials = await provision_redis_user(admin_url, self.data_name or self.name)
+        credentials = await actor_redis_credentials(admin_url, self.data_name or self.name)
         self.redis = ActorRedis.connect(credentials)
         self.profiles = Cache(self.redis, Profile, ttl_s=self.cache_ttl_s, namespace="profile")
         ctx.resources["redis"] = self.redis

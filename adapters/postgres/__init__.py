@@ -22,7 +22,13 @@ from adapters.postgres.migrations import (
     migrations_from_package,
 )
 from adapters.postgres.outbox import run_outbox_relay
-from adapters.postgres.provision import PostgresCredentials, drop_actor, provision_actor
+from adapters.postgres.provision import (
+    PostgresCredentials,
+    ProvisioningError,
+    actor_credentials,
+    drop_actor,
+    provision_actor,
+)
 
 __all__ = [
     "GREENROOM_MIGRATIONS",
@@ -34,8 +40,10 @@ __all__ = [
     "MigrationError",
     "PostgresActor",
     "PostgresCredentials",
+    "ProvisioningError",
     "Replayed",
     "UnitOfWork",
+    "actor_credentials",
     "add_outbox_relay",
     "apply_migrations",
     "current_unit_of_work",

@@ -13,8 +13,9 @@
 
 What the runtime gets, and where:
 
-- ``on_start`` provisions the role and schema (admin DSN = ``Settings.postgres_url``), connects as
-  the role, applies Greenroom's and the actor's migrations, and puts the :class:`Database` in
+- ``on_start`` provisions the role and schema when ``Settings.postgres_url`` is an admin DSN (in
+  production it is the actor's own pre-provisioned login, used as is), connects as the role,
+  applies Greenroom's and the actor's migrations, and puts the :class:`Database` in
   ``ctx.resources["db"]``. Subclasses that override it call ``await super().on_start(ctx)`` first.
 - ``handler_for`` (which the dispatcher calls once per contract) wraps each handler in
   :func:`~adapters.postgres.inbox.handle_once`; a duplicate returns the stored reply.
@@ -43,7 +44,7 @@ from adapters.postgres.migrations import (
     migrations_from_package,
 )
 from adapters.postgres.outbox import run_outbox_relay
-from adapters.postgres.provision import provision_actor
+from adapters.postgres.provision import actor_credentials
 from runtime.actor import Actor, Context, NodeContext
 from runtime.resilience import PolicyConfig
 from runtime.supervision import ChildSpec, Restart
@@ -110,7 +111,7 @@ class PostgresActor(Actor):
                 f"actor {self.name!r} needs Postgres: set GREENROOM_POSTGRES_URL (an admin DSN)"
             )
         data_name = self.data_name or self.name
-        credentials = await provision_actor(admin_dsn, data_name)
+        credentials = await actor_credentials(admin_dsn, data_name)
         self.database = await Database.connect(
             credentials, policy=postgres_policy(data_name, self.postgres_policy_config)
         )

@@ -9,6 +9,11 @@ What :func:`provision_actor` leaves behind, whatever was there before:
 
 Concurrent starters (several replicas) are serialised by a transaction-scoped advisory lock, so the
 "create if missing" steps cannot race each other.
+
+:func:`actor_credentials` is what an actor calls at start: with an admin DSN (development,
+``greenroom up``, tests) it provisions as above; with the actor's own DSN (production, where
+``deploy/scripts/init_infra.py`` made the role and schema and the service holds only its own
+credentials) it checks the role owns the schema and connects as it.
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import final
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from adapters._names import ActorNames, derive_secret, quote_ident
 
-__all__ = ["PostgresCredentials", "drop_actor", "provision_actor"]
+__all__ = [
+    "PostgresCredentials",
+    "ProvisioningError",
+    "actor_credentials",
+    "drop_actor",
+    "provision_actor",
+]
+
+
+class ProvisioningError(RuntimeError):
+    """The configured credentials can neither provision the actor nor act as it."""
 
 
 @final
@@ -104,3 +120,47 @@ async def drop_actor(admin_dsn: str, actor: str) -> None:
         await conn.execute(f"DROP ROLE IF EXISTS {role}")
     finally:
         await conn.close()
+
+
+async def actor_credentials(dsn: str, actor: str) -> PostgresCredentials:
+    """The credentials ``actor`` runs with, given the configured ``GREENROOM_POSTGRES_URL``.
+
+    * ``dsn`` may create roles (superuser or ``CREATEROLE``): an admin DSN, as in development;
+      the role ``gr_<actor>`` and schema ``<actor>`` are provisioned (:func:`provision_actor`).
+    * Otherwise ``dsn`` is the actor's own login, provisioned beforehand by an operator
+      (``deploy/scripts/init_infra.py``); it is used as is, provided its role owns the schema
+      ``<actor>``. The service then never holds a credential that reaches another's data.
+
+    Raises:
+        ProvisioningError: ``dsn`` can neither create roles nor owns the schema ``<actor>``.
+        InvalidNameError: ``actor`` is not a valid actor name.
+        asyncpg.PostgresError, OSError: the connection or a query failed.
+    """
+    names = ActorNames(actor)
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT current_user AS name, rolsuper OR rolcreaterole AS admin"
+            " FROM pg_roles WHERE rolname = current_user"
+        )
+        assert row is not None  # current_user always has a pg_roles row
+        owner = await conn.fetchval(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1", names.schema
+        )
+    finally:
+        await conn.close()
+    if row["admin"]:
+        return await provision_actor(dsn, actor)
+    if owner != row["name"]:
+        raise ProvisioningError(
+            f"GREENROOM_POSTGRES_URL logs in as {row['name']!r}, which cannot create roles and"
+            f" does not own schema {names.schema!r} (owner: {owner or 'no such schema'});"
+            " give the actor an admin URL (development) or provision it first"
+            " (deploy/scripts/init_infra.py)"
+        )
+    return PostgresCredentials(
+        dsn=dsn,
+        user=str(row["name"]),
+        password=unquote(urlsplit(dsn).password or ""),
+        schema=names.schema,
+    )

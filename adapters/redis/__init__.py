@@ -6,6 +6,7 @@ from adapters.redis.client import ActorRedis, redis_policy
 from adapters.redis.provision import (
     ACL_COMMAND_RULES,
     RedisCredentials,
+    actor_redis_credentials,
     drop_redis_user,
     provision_redis_user,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ActorRedis",
     "Cache",
     "RedisCredentials",
+    "actor_redis_credentials",
     "drop_redis_user",
     "provision_redis_user",
     "redis_policy",

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Final, final
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 
 from adapters._names import ActorNames, derive_secret
 
-__all__ = ["ACL_COMMAND_RULES", "RedisCredentials", "drop_redis_user", "provision_redis_user"]
+__all__ = [
+    "ACL_COMMAND_RULES",
+    "RedisCredentials",
+    "actor_redis_credentials",
+    "drop_redis_user",
+    "provision_redis_user",
+]
 
 ACL_COMMAND_RULES: Final = (
     "-@all",
@@ -121,3 +128,31 @@ async def drop_redis_user(admin_url: str, actor: str, *, delete_keys: bool = Tru
                 await admin.unlink(*batch)
     finally:
         await admin.aclose()
+
+
+async def actor_redis_credentials(url: str, actor: str) -> RedisCredentials:
+    """The credentials ``actor`` runs with, given the configured ``GREENROOM_REDIS_URL``.
+
+    An admin URL (development) provisions the ACL user ``gr_<actor>``
+    (:func:`provision_redis_user`).
+    A URL whose user may not run ``ACL SETUSER`` is taken as the actor's own ACL user, made
+    beforehand by an operator (``deploy/scripts/init_infra.py``) and limited to ``<actor>:*``;
+    it is used as is, with the same key prefix.
+
+    Raises:
+        InvalidNameError: ``actor`` is not a valid actor name.
+        redis.RedisError: the server could not be reached, or failed otherwise.
+    """
+    try:
+        return await provision_redis_user(url, actor)
+    except aioredis.ResponseError as exc:
+        # NOPERM (redis.exceptions.NoPermissionError is a ResponseError): not an admin.
+        if "NOPERM" not in str(exc) and "permission" not in str(exc).lower():
+            raise
+    parts = urlsplit(url)
+    return RedisCredentials(
+        url=url,
+        username=unquote(parts.username or "default"),
+        password=unquote(parts.password or ""),
+        prefix=ActorNames(actor).key_prefix,
+    )
