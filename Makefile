@@ -35,5 +35,8 @@ check: lint typecheck ## Lint and type-check
 bench: ## Run the benchmarks under tests/bench (prints figures, writes bench-results/*.json)
 	@for b in tests/bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+bench-peers: ## Greenroom vs faust-streaming, Moleculer and the floors on one Tansu (sets peers up under .run/peers)
+	$(BIN)/python tests/bench/peers/run.py
+
 clean: ## Remove run folders and caches (not the venv)
 	rm -rf .run bench-results .pytest_cache .mypy_cache .ruff_cache .hypothesis
