@@ -160,8 +160,12 @@ async def walk_shop(
 def main(argv: list[str] | None = None) -> int:
     """Walk once against ``--url`` and print each step's time; exit 1 if the walk failed."""
     parser = argparse.ArgumentParser(prog="python -m edge.walk", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--admin-email", default="admin@example.com")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the edge's base URL")
+    parser.add_argument(
+        "--admin-email",
+        default="admin@example.com",
+        help="an email listed in the auth service's AUTH_ADMIN_EMAILS",
+    )
     parser.add_argument("--admin-password", default=DEFAULT_PASSWORD)
     args = parser.parse_args(argv)
     try:
@@ -172,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except WalkError as exc:
         print(exc)
+        if "forbidden" in str(exc):
+            # The common first-run miss: the admin account is only made an admin by auth when
+            # its email is listed for it.
+            print(
+                f"hint: start the system with AUTH_ADMIN_EMAILS={args.admin_email} so that"
+                " this account is registered as an admin"
+            )
         return 1
     for step, seconds in result.timings.items():
         print(f"{step:<20} {seconds * 1000:8.1f} ms")
