@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway", "create_app"]
 
+# Connections the edge keeps to Redis (rate limits, idempotency keys) per process.
+REDIS_POOL_SIZE = 256
+
 
 def _log() -> Any:
     # Looked up per use, not bound at import: a logger bound before configure_logging() keeps
@@ -455,13 +458,20 @@ def create_app(
             requester = await stack.enter_async_context(Requester(bus, settings))
             client = redis
             if client is None:
+                from redis.asyncio import BlockingConnectionPool
                 from redis.asyncio import Redis as RedisClient
 
-                client = RedisClient.from_url(
+                # A blocking pool: a burst of concurrent requests waits briefly for a connection
+                # instead of failing at once (redis-py's default pool raises "Too many
+                # connections" past 100, which turned a load spike into 503s).
+                pool = BlockingConnectionPool.from_url(
                     settings.redis_url or "redis://127.0.0.1:6379/0",
+                    max_connections=REDIS_POOL_SIZE,
+                    timeout=1.0,
                     socket_timeout=1.0,
                     socket_connect_timeout=1.0,
                 )
+                client = RedisClient.from_pool(pool)  # closing the client closes the pool
                 stack.push_async_callback(client.aclose)
             gateway.bind(bus, requester, client, key_fetcher)
             _log().info("edge started", reply_topic=requester.reply_topic, routes=len(routes))

@@ -59,17 +59,22 @@ class ActorRedis:
         """A client for ``credentials`` (connections are opened lazily, on first use).
 
         ``host``/``port`` override the URL's address (e.g. to go through a proxy); other
-        ``client_kwargs`` go to ``redis.asyncio.Redis.from_url``.
+        ``client_kwargs`` go to ``redis.asyncio.BlockingConnectionPool.from_url``.
         """
-        client = aioredis.Redis.from_url(
+        # A blocking pool, so concurrent handlers queue for a connection (bounded by the socket
+        # timeout) rather than failing with "Too many connections" past the pool's size.
+        client_kwargs.setdefault("max_connections", 64)
+        pool = aioredis.BlockingConnectionPool.from_url(
             credentials.url,
             username=credentials.username,
             password=credentials.password,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             retry=RedisRetry(NoBackoff(), 0),
+            timeout=socket_timeout_s,
             **client_kwargs,
         )
+        client = aioredis.Redis.from_pool(pool)  # from_pool: closing the client closes the pool
         # from_url lets the URL win over keyword arguments, so the address is replaced after.
         address = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         client.connection_pool.connection_kwargs.update(address)
