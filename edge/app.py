@@ -50,8 +50,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway", "create_app"]
 
-# Connections the edge keeps to Redis (rate limits, idempotency keys) per process.
-REDIS_POOL_SIZE = 256
+# Connections the edge keeps to Redis (rate limits, idempotency keys) per process. A request
+# holds one only for a round trip, so a modest pool serves hundreds of concurrent requests;
+# opening hundreds of connections at once is what fails under load.
+REDIS_POOL_SIZE = 64
+# How long a request waits for a free pooled connection, and for a new one to connect.
+REDIS_POOL_WAIT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
 def _log() -> Any:
@@ -289,9 +294,20 @@ class Gateway:
                 response = domain_error_response(exc, correlation_id)
             content = response.content
             assert isinstance(content, bytes)
-            with anyio.CancelScope(shield=True):
-                await store.complete(
-                    claim, response.status_code or route.status_code, content, "application/json"
+            try:
+                with anyio.CancelScope(shield=True):
+                    await store.complete(
+                        claim,
+                        response.status_code or route.status_code,
+                        content,
+                        "application/json",
+                    )
+            except _redis_errors() as exc:
+                # The request itself succeeded (an order may now exist): answering 500 would
+                # hide that. The claim stays "in flight" until its TTL, so a retry with the same
+                # key meanwhile gets 409 rather than acting twice.
+                _log().warning(
+                    "idempotency record not stored", key=claim.key, error=str(exc) or repr(exc)
                 )
             return response
         except BaseException:
@@ -467,9 +483,9 @@ def create_app(
                 pool = BlockingConnectionPool.from_url(
                     settings.redis_url or "redis://127.0.0.1:6379/0",
                     max_connections=REDIS_POOL_SIZE,
-                    timeout=1.0,
-                    socket_timeout=1.0,
-                    socket_connect_timeout=1.0,
+                    timeout=REDIS_POOL_WAIT_S,
+                    socket_timeout=REDIS_CONNECT_TIMEOUT_S,
+                    socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                 )
                 client = RedisClient.from_pool(pool)  # closing the client closes the pool
                 stack.push_async_callback(client.aclose)

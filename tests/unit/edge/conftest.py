@@ -191,6 +191,7 @@ def edge_factory(unique: str, redis_client: Redis) -> EdgeFactory:
         *,
         config: EdgeConfig | None = None,
         request_timeout_s: float = 1.0,
+        redis: Redis | None = None,
     ) -> AsyncIterator[Edge]:
         prefix = f"test:{unique}:{uuid.uuid4().hex[:6]}:"
         config = msgspec.structs.replace(
@@ -221,7 +222,9 @@ def edge_factory(unique: str, redis_client: Redis) -> EdgeFactory:
                     await stack.enter_async_context(
                         responder(broker, settings, name, union, handler)
                     )
-                app = create_app(settings, broker, routes=routes, config=config, redis=redis_client)
+                app = create_app(
+                    settings, broker, routes=routes, config=config, redis=redis or redis_client
+                )
                 url = await stack.enter_async_context(serve(app))
                 client = await stack.enter_async_context(
                     httpx.AsyncClient(base_url=url, timeout=10)

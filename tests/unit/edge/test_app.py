@@ -9,11 +9,13 @@ import anyio
 import jwt
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
 from edge.config import EdgeConfig
 from edge.routes import Route
 from runtime.errors import ConflictError, InternalError, NotFoundError, UnavailableError
 from runtime.messages import Envelope
+from runtime.testing.fault_proxy import FaultProxy
 
 from .conftest import AUDIENCE, ISSUER, EdgeFactory, SigningKey
 
@@ -396,6 +398,36 @@ async def test_idempotency_key_replays_the_first_response(edge_factory: EdgeFact
         )
         assert other.status_code == 201
         assert shop.calls == 2
+
+
+async def test_a_success_is_answered_even_if_its_idempotency_record_is_lost(
+    edge_factory: EdgeFactory,
+) -> None:
+    """Redis goes silent between the claim and storing the answer: the order was placed, so the
+    client gets its 201 (a 500 would hide an effect that happened) and the edge logs the loss."""
+    async with FaultProxy("127.0.0.1", 6379) as proxy:
+        proxied = Redis(
+            host=proxy.host, port=proxy.port, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        placed: list[PlaceOrder] = []
+
+        async def place(message: Any, envelope: Envelope) -> msgspec.Struct:
+            placed.append(message)
+            proxy.blackhole()  # after the claim, before the edge records the reply
+            return Order(order_id="o-1", user_id=message.user_id, sku=message.sku)
+
+        try:
+            async with edge_factory(ROUTES, {"shop": (PlaceOrder, place)}, redis=proxied) as edge:
+                response = await edge.client.post(
+                    "/orders",
+                    json={"sku": "apple", "quantity": 1},
+                    headers={**edge.bearer(), "Idempotency-Key": "lost-record"},
+                )
+        finally:
+            await proxied.aclose()
+    assert response.status_code == 201, response.text
+    assert response.json()["order_id"] == "o-1"
+    assert len(placed) == 1
 
 
 async def test_concurrent_duplicate_is_409(edge_factory: EdgeFactory) -> None:
