@@ -8,6 +8,7 @@ Known limits against aiokafka 0.14 (DESIGN.md): no idempotent or transactional p
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import final
 
@@ -50,6 +51,9 @@ class TansuServer:
 
     ``host`` is the address it listens on and advertises: another address of this machine lets
     clients in other network namespaces reach it (tests/integration/test_netns_scaling.py).
+    ``env`` is laid over this process's environment for the broker: the ``s3://`` storage engine
+    takes its endpoint and credentials from ``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` and ``AWS_ALLOW_HTTP``.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class TansuServer:
         port: int | None = None,
         storage: str = "memory://tansu/",
         host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
     ):
         self.host = host
         self.port = port or free_port()
@@ -78,6 +83,7 @@ class TansuServer:
                 storage,
             ],
             run_dir / "tansu.log",
+            env=dict(env) if env else None,
         )
 
     def start(self, timeout: float = 30.0) -> None:
