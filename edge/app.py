@@ -39,11 +39,12 @@ from edge.ratelimit import RateLimiter
 from edge.routes import Route
 from runtime.bus.base import Broker
 from runtime.config import Settings
-from runtime.errors import DomainError, UnavailableError
+from runtime.errors import DeadlineExceededError, DomainError, UnavailableError
 from runtime.logging import get_logger
 from runtime.messages import new_id
 from runtime.metrics import registry
 from runtime.request import Requester
+from runtime.resilience.deadline import deadline_after, deadline_scope
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -188,13 +189,25 @@ class Gateway:
     # --- pipeline
 
     async def handle(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Answer one HTTP request for ``route``.
+        """Answer one HTTP request for ``route`` within its deadline.
+
+        The deadline (``route.timeout_s``, else ``settings.request_timeout_s``) starts when the
+        request reaches the gateway and bounds everything: rate limits, token checks, the
+        idempotency claim and the bus round trip, which inherits only what is left. Past it the
+        answer is 504, however slow a dependency is.
 
         Raises:
             EdgeError: the request is malformed, invalid, unauthorised, forbidden, rate limited
                 or has a conflicting ``Idempotency-Key``.
             DomainError: the service answered with an error, or the deadline passed.
         """
+        timeout_s = route.timeout_s or self.settings.request_timeout_s
+        with deadline_scope(deadline_after(timeout_s)), anyio.move_on_after(timeout_s) as scope:
+            return await self._handle(route, request)
+        assert scope.cancelled_caught
+        raise DeadlineExceededError("the request's deadline passed before it was answered")
+
+    async def _handle(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         requester, verifier = self.requester, self.verifier
         if requester is None or verifier is None:
             raise UnavailableError("edge is starting", retry_after_s=1.0)

@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import sys
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="edge.api:ROUTES",
         help="module:attribute holding the Route table (default: edge.api:ROUTES)",
     )
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        help="directory put first on the import path for --routes (default: the current one)",
+    )
     parser.add_argument("--jwt-issuer", default=None, help="required token issuer (iss)")
     parser.add_argument("--jwt-audience", default=None, help="required token audience (aud)")
     parser.add_argument(
@@ -47,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-window", type=int, default=None, help="rate window, seconds")
     parser.add_argument(
         "--max-body-bytes", type=int, default=None, help="largest request body accepted"
+    )
+    parser.add_argument(
+        "--redis-prefix",
+        default=None,
+        help="prefix of the edge's Redis keys (rate limits, idempotency; default greenroom:edge:)",
     )
     parser.add_argument(
         "--trust-forwarded-for",
@@ -84,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     from runtime.config import load_settings
     from runtime.logging import configure_logging
 
+    # As `greenroom run --app-dir`: a console script's sys.path[0] is the venv's bin directory,
+    # so --routes could not name a module of the project being served without this.
+    app_dir = str(Path(args.app_dir).resolve())
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     from edge.app import create_app
@@ -101,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "rate_limit_per_subject": args.rate_limit_subject,
         "rate_window_s": args.rate_window,
         "max_body_bytes": args.max_body_bytes,
+        "redis_prefix": args.redis_prefix,
         "trust_forwarded_for": args.trust_forwarded_for or None,
     }
     config = msgspec.structs.replace(

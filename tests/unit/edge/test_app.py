@@ -430,6 +430,26 @@ async def test_a_success_is_answered_even_if_its_idempotency_record_is_lost(
     assert len(placed) == 1
 
 
+async def test_the_deadline_starts_when_the_request_arrives(edge_factory: EdgeFactory) -> None:
+    """Time spent before the bus round trip (here: rate-limit checks against a Redis slowed by
+    the fault proxy, at least 0.6 s per round trip) counts against the request's deadline, so
+    the answer is 504 rather than a success delivered long after the deadline."""
+    async with FaultProxy("127.0.0.1", 6379) as proxy:
+        proxied = Redis(
+            host=proxy.host, port=proxy.port, socket_timeout=5, socket_connect_timeout=5
+        )
+        proxy.latency(0.3)  # per chunk and direction: two limit checks take >= 1.2 s
+        try:
+            async with edge_factory(
+                ROUTES, services(), request_timeout_s=1.0, redis=proxied
+            ) as edge:
+                response = await edge.client.get("/orders/o-1", headers=edge.bearer())
+        finally:
+            proxy.heal()
+            await proxied.aclose()
+    assert response.status_code == 504, response.text
+
+
 async def test_concurrent_duplicate_is_409(edge_factory: EdgeFactory) -> None:
     async with edge_factory(ROUTES, services(), request_timeout_s=1.0) as edge:
         headers = {**edge.bearer(), "Idempotency-Key": "dup"}
