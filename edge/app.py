@@ -60,10 +60,13 @@ REDIS_POOL_WAIT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
+# Lazy (runtime.logging.get_logger): it takes the configuration in force when it first logs,
+# and is then cached, so the per-request access line costs no logger lookup.
+_ACCESS_LOG = get_logger("edge.access")
+
+
 def _log() -> Any:
-    # Looked up per use, not bound at import: a logger bound before configure_logging() keeps
-    # structlog's default configuration (stdout, console format) for good.
-    return get_logger("edge.access")
+    return _ACCESS_LOG
 
 
 _CORRELATION_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

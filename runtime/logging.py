@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Any
 
+import msgspec
 import structlog
 
 __all__ = ["configure_logging", "get_logger"]
@@ -18,10 +19,16 @@ _LEVELS = {
 }
 
 
+def _json_dumps(event: Any, **_: Any) -> str:
+    # msgspec's encoder is several times faster than json.dumps on the per-request log line;
+    # anything it cannot encode natively is written as its str().
+    return msgspec.json.encode(event, enc_hook=str).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Configure structlog process-wide. Logs go to stderr; stdout stays free for CLI output."""
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_dumps)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

@@ -144,9 +144,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def uvicorn_config(app: Any, **options: Any) -> Any:
-    """``uvicorn.Config`` (imported here so ``greenroom --help`` never imports uvicorn)."""
+    """``uvicorn.Config`` (imported here so ``greenroom --help`` never imports uvicorn).
+
+    Uses the C HTTP parser (httptools) and uvloop when they are installed (they are
+    dependencies): the pure-Python fallbacks cost most of the edge's CPU under load.
+    """
+    import importlib.util
+
     import uvicorn
 
+    options.setdefault("http", "httptools" if importlib.util.find_spec("httptools") else "h11")
+    options.setdefault("loop", "uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
     return uvicorn.Config(app, **options)
 
 
