@@ -11,7 +11,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from _deployfiles import DEPLOY, ROOT, actors
+
+from tests.unit.deploy._deployfiles import DEPLOY, ROOT, actors
 
 ACTOR_DEPENDS = {
     "init": "service_completed_successfully",

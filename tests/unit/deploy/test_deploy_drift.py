@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _deployfiles import DEPLOY, ROOT, actors, of_kind
 
 from runtime.config import ENV_PREFIX, Settings, load_settings
+from tests.unit.deploy._deployfiles import DEPLOY, ROOT, actors, of_kind
 
 # Read from the live Settings, so a field another change adds is known here at once.
 SETTINGS_VARS = {ENV_PREFIX + name.upper() for name in Settings.__struct_fields__}

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from _deployfiles import DEPLOY
+
+from tests.unit.deploy._deployfiles import DEPLOY
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-from _deployfiles import DEPLOY, SCHEMAS, actors, of_kind
+
+from tests.unit.deploy._deployfiles import DEPLOY, SCHEMAS, actors, of_kind
 
 # The oldest Kubernetes we support and the newest the schema package knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
