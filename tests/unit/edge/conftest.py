@@ -6,26 +6,19 @@ Tokens are signed with an Ed25519 key whose public half the in-test auth respond
 
 from __future__ import annotations
 
-import json
-import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
-import jwt
 import msgspec
 import pytest
-import uvicorn
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jwt.algorithms import OKPAlgorithm
 from redis.asyncio import Redis
 
-from actors.auth.contracts import GetSigningKeys, PublicKey, SigningKeys
+from actors.auth.contracts import GetSigningKeys, SigningKeys
 from edge.app import create_app
 from edge.config import EdgeConfig
 from edge.routes import Route
@@ -34,9 +27,11 @@ from runtime.codec import Codec, encode
 from runtime.config import Settings
 from runtime.errors import DomainError
 from runtime.messages import Envelope
+from tests.support.edge_helpers import AUDIENCE, ISSUER, SigningKey, serve
 
-ISSUER = "test-issuer"
-AUDIENCE = "test-edge"
+# One place for the test key and the in-process server: tests/support/edge_helpers.py (the e2e
+# suite uses the same ones).
+__all__ = ["AUDIENCE", "ISSUER", "Edge", "EdgeFactory", "SigningKey", "serve"]
 
 Handler = Callable[[Any, Envelope], Awaitable[msgspec.Struct]]
 
@@ -91,57 +86,6 @@ async def responder(
         await ready.wait()
         yield
         tg.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free 127.0.0.1 port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", ws="none", http="h11", access_log=False
-    )
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(10):
-            # uvicorn exposes start-up only as a flag.
-            while not server.started:
-                if server.should_exit:
-                    raise RuntimeError("edge failed to start")
-                await anyio.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-    sock.close()
-
-
-@dataclass
-class SigningKey:
-    kid: str
-    private: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
-
-    def public(self) -> PublicKey:
-        jwk = json.loads(OKPAlgorithm.to_jwk(self.private.public_key()))
-        return PublicKey(kid=self.kid, kty=jwk["kty"], crv=jwk["crv"], x=jwk["x"], alg="EdDSA")
-
-    def token(
-        self,
-        sub: str = "user-1",
-        *,
-        roles: Sequence[str] = (),
-        exp_in: float = 300,
-        aud: str = AUDIENCE,
-        iss: str = ISSUER,
-        kid: str | None = None,
-    ) -> str:
-        now = int(time.time())
-        claims = {"sub": sub, "iss": iss, "aud": aud, "iat": now, "exp": now + int(exp_in)}
-        if roles:
-            claims["roles"] = list(roles)
-        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": kid or self.kid})
 
 
 @dataclass
