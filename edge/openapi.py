@@ -126,7 +126,13 @@ class ContractSchemaPlugin(JsonRenderPlugin):
                         "required": False,
                         "description": "Same key and body: the first response again; "
                         "same key, other body: 422.",
-                        "schema": {"type": "string", "maxLength": 255},
+                        # What the edge accepts (edge.app._IDEMPOTENCY_KEY): 1-255 visible ASCII.
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": "^[\\x21-\\x7e]+$",
+                        },
                     }
                 )
             operation["responses"] = {
