@@ -153,10 +153,15 @@ def test_refuses_without_a_running_up(tmp_path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def no_children_left() -> Iterator[None]:
-    """Every test leaves no child process behind, and none frozen."""
-    yield
+    """Every test leaves no child process behind, and none frozen.
+
+    Only processes born during the test are judged: the session's own servers (Tansu, SeaweedFS
+    started by tests/conftest.py fixtures) are children of pytest too, and must survive it.
+    """
     me = psutil.Process()
-    children = me.children(recursive=True)
+    before = {proc.pid for proc in me.children(recursive=True)}
+    yield
+    children = [proc for proc in me.children(recursive=True) if proc.pid not in before]
     frozen = []
     for proc in children:
         with contextlib.suppress(psutil.Error):

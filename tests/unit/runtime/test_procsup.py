@@ -108,10 +108,18 @@ def decisions(actor: str, decision: str) -> float:
 
 @pytest.fixture(autouse=True)
 def no_children_left() -> Iterator[None]:
-    """Every test must leave no child process behind, whatever it asserted."""
-    yield
+    """Every test must leave no child process behind, whatever it asserted.
+
+    Only processes born during the test count: the session's servers (tests/conftest.py) are
+    pytest's children too and must outlive each test.
+    """
     me = psutil.Process()
-    _, alive = psutil.wait_procs(me.children(recursive=True), timeout=5)
+    before = {proc.pid for proc in me.children(recursive=True)}
+    _SESSION_CHILDREN.clear()
+    _SESSION_CHILDREN.update(before)
+    yield
+    born = [proc for proc in me.children(recursive=True) if proc.pid not in before]
+    _, alive = psutil.wait_procs(born, timeout=5)
     for proc in alive:
         proc.kill()
     assert not alive, f"processes left behind: {[p.cmdline() for p in alive]}"
@@ -152,8 +160,13 @@ def gone(proc: psutil.Process) -> bool:
         return True
 
 
+_SESSION_CHILDREN: set[int] = set()
+"""Children of pytest that outlive a test (the session's servers); set by no_children_left."""
+
+
 def children_pids() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """This test's live child processes (the session's servers left out)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)} - _SESSION_CHILDREN
 
 
 async def test_a_dead_process_is_restarted_and_siblings_are_untouched(
