@@ -39,6 +39,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+REQUEST_TIMEOUT_S = 10.0
+
+
 async def drive(send: Send, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
     began = time.perf_counter()
     start = began + warmup
@@ -92,7 +95,10 @@ async def run_http(args: argparse.Namespace) -> dict[str, Any]:
 
     headers = {"content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # A peer that stalls must cost an error, not hold a worker for aiohttp's default 5 minutes
+    # (faust once left requests unanswered at 64 concurrent and the run never ended).
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def send(i: int) -> bool:
             body = b'{"key":"%s"}' % key_for(i).encode()
