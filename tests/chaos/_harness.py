@@ -8,22 +8,16 @@ twice), never timings.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
-import psutil
 
-from runtime.procsup import ProcessStatus, UpState, read_state
+from tests.support.up import UpProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench-results" / "chaos"
@@ -53,105 +47,14 @@ def base_env(bootstrap: str, unique: str, run_dir: Path, **extra: str) -> dict[s
     }
 
 
-class UpProcess:
-    """A ``greenroom up`` subprocess in its own session, its output in a file, and its table."""
-
-    def __init__(self, args: list[str], env: Mapping[str, str], run_dir: Path, out: Path) -> None:
-        self.run_dir = run_dir
-        self.out = out
-        self._out = out.open("wb")
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from runtime.cli import main; sys.exit(main())",
-                "up",
-                "--infra",
-                "none",
-                "--app-dir",
-                str(ROOT),
-                *args,
-            ],
-            env=dict(env),
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def state(self) -> UpState | None:
-        try:
-            return read_state(self.run_dir)
-        except (OSError, msgspec.DecodeError):
-            return None
-
-    def processes(self) -> list[ProcessStatus]:
-        state = self.state()
-        return state.processes if state else []
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def slot_logs(self) -> str:
-        """Everything every supervised process wrote (JSON log lines and tracebacks)."""
-        logs = self.run_dir / "logs"
-        return "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
-
-    async def wait_running(self, count: int, within: float = 90.0) -> None:
-        """Wait until at least ``count`` slots exist (``up`` may add companions, such as the
-        payment-provider stand-in) and every one is ``running``; fail with ``up``'s output if not.
-        """
-
-        def ready() -> bool:
-            procs = self.processes()
-            return len(procs) >= count and all(p.state == "running" for p in procs)
-
-        await self.wait_for(ready, within, f"{count} processes running")
-
-    async def wait_for(self, check: Callable[[], bool], within: float, what: str) -> None:
-        """Wait for ``check`` (state of other processes); fail with ``up``'s output if not."""
-        with anyio.move_on_after(within):
-            while not check():
-                if self.process.poll() is not None:
-                    break
-                await anyio.sleep(0.05)
-            return
-        raise AssertionError(f"not {what} within {within}s; greenroom up said:\n{self.output()}")
-
-    async def stop(self, within: float = 30.0) -> int:
-        """Ctrl-C, as a user would; returns the exit code (SIGKILLs the group if it hangs)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            with anyio.move_on_after(within):
-                while self.process.poll() is None:  # noqa: ASYNC110 - another process
-                    await anyio.sleep(0.05)
-        self.close()
-        return self.process.returncode
-
-    def close(self) -> None:
-        """Kill whatever is left of the ``up`` process tree; idempotent."""
-        if self.process.poll() is None:
-            try:
-                children = psutil.Process(self.process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                children = []
-            os.killpg(self.process.pid, signal.SIGKILL)
-            for child in children:
-                # Nodes lead their own process groups: kill each group too.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGKILL)
-            self.process.wait(10)
-        if not self._out.closed:
-            self._out.close()
-
-
 def start_up(
     started: list[UpProcess], args: list[str], env: Mapping[str, str], tmp: Path
 ) -> UpProcess:
     """Start ``greenroom up`` with ``args``; it is closed by the fixture that owns ``started``."""
     run_dir = Path(env["GREENROOM_RUN_DIR"])
-    up = UpProcess(args, env, run_dir, tmp / f"up-{len(started)}.out")
+    # The chaos suite brings its own servers and runs actors from this checkout.
+    command = ["--infra", "none", "--app-dir", str(ROOT), *args]
+    up = UpProcess(command, env, run_dir, tmp / f"up-{len(started)}.out")
     started.append(up)
     return up
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +26,8 @@ from runtime.codec import encode
 from runtime.config import load_settings
 from runtime.infra.tansu import TansuServer
 from runtime.messages import Envelope
-from runtime.procsup import ProcessStatus, UpState, read_state
 from tests.support.demo import Demo, Work
+from tests.support.up import UpProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -52,66 +51,6 @@ class CrashOnStart(Actor):
 
     async def never(self, msg: Never, ctx: Context) -> None:
         raise AssertionError("unreachable")
-
-
-class Up:
-    """A running ``greenroom up`` subprocess and what it wrote."""
-
-    def __init__(self, args: list[str], env: dict[str, str], run_dir: Path, out: Path) -> None:
-        self.run_dir = run_dir
-        self.out = out
-        self._out = out.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from runtime.cli import main; sys.exit(main())",
-                "up",
-                *args,
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def state(self) -> UpState | None:
-        try:
-            return read_state(self.run_dir)
-        except (OSError, msgspec.DecodeError):
-            return None
-
-    def processes(self) -> list[ProcessStatus]:
-        state = self.state()
-        return state.processes if state else []
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"not {what} within {timeout}s; greenroom up said:\n{self.output()}")
-
-    def all_pids(self) -> set[int]:
-        """The supervisor and its whole process tree right now."""
-        try:
-            me = psutil.Process(self.process.pid)
-            return {me.pid} | {child.pid for child in me.children(recursive=True)}
-        except psutil.NoSuchProcess:
-            return set()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self._out.close()
 
 
 def _alive(pid: int) -> bool:
@@ -142,11 +81,11 @@ def up_env(tansu: TansuServer, unique: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Up]]:
-    started: list[Up] = []
+def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
+    started: list[UpProcess] = []
 
-    def start(*args: str) -> Up:
-        up = Up(list(args), up_env, tmp_path / "run", tmp_path / f"up-{len(started)}.out")
+    def start(*args: str) -> UpProcess:
+        up = UpProcess(list(args), up_env, tmp_path / "run", tmp_path / f"up-{len(started)}.out")
         started.append(up)
         return up
 
@@ -173,10 +112,10 @@ async def _handled(key: str) -> dict[str, int]:
 
 
 async def test_a_killed_node_is_restarted_and_nothing_is_lost(
-    start_up: Callable[..., Up], up_env: dict[str, str]
+    start_up: Callable[..., UpProcess], up_env: dict[str, str]
 ) -> None:
     up = start_up("--actors", "tests.support.demo:Demo", "--scale", "demo=2", "--no-edge")
-    up.wait_for(
+    await up.wait_for(
         lambda: [p.state for p in up.processes()] == ["running", "running"], 60, "two nodes running"
     )
     settings = load_settings(up_env)
@@ -252,7 +191,7 @@ async def test_a_killed_node_is_restarted_and_nothing_is_lost(
     await _stop_with_ctrl_c(up)
 
 
-async def _stop_with_ctrl_c(up: Up) -> None:
+async def _stop_with_ctrl_c(up: UpProcess) -> None:
     pids = up.all_pids()
     assert len(pids) >= 2
     up.process.send_signal(signal.SIGINT)
@@ -267,9 +206,9 @@ async def _stop_with_ctrl_c(up: Up) -> None:
     assert all(p.state == "stopped" for p in state.processes)
 
 
-async def test_ctrl_c_stops_every_process(start_up: Callable[..., Up]) -> None:
+async def test_ctrl_c_stops_every_process(start_up: Callable[..., UpProcess]) -> None:
     up = start_up("--actors", "tests.support.demo:Demo", "--scale", "demo=2", "--no-edge")
-    up.wait_for(
+    await up.wait_for(
         lambda: [p.state for p in up.processes()] == ["running", "running"], 60, "two nodes running"
     )
     await anyio.sleep(3)  # let the nodes get properly started (joined their group)
@@ -279,7 +218,7 @@ async def test_ctrl_c_stops_every_process(start_up: Callable[..., Up]) -> None:
     assert "started demo-1 pid" in out
 
 
-def test_an_actor_that_crashes_on_start_is_given_up(start_up: Callable[..., Up]) -> None:
+def test_an_actor_that_crashes_on_start_is_given_up(start_up: Callable[..., UpProcess]) -> None:
     up = start_up(
         "--actors",
         "tests.integration.test_up:CrashOnStart,tests.support.demo:Demo",

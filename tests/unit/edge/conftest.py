@@ -7,12 +7,11 @@ Tokens are signed with an Ed25519 key whose public half the in-test auth respond
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
 import msgspec
 import pytest
@@ -23,69 +22,14 @@ from edge.app import create_app
 from edge.config import EdgeConfig
 from edge.routes import Route
 from runtime.bus.memory import MemoryBroker
-from runtime.codec import Codec, encode
 from runtime.config import Settings
-from runtime.errors import DomainError
 from runtime.messages import Envelope
 from tests.support.edge_helpers import AUDIENCE, ISSUER, SigningKey, serve
+from tests.support.responder import Handler, responder
 
 # One place for the test key and the in-process server: tests/support/edge_helpers.py (the e2e
 # suite uses the same ones).
 __all__ = ["AUDIENCE", "ISSUER", "Edge", "EdgeFactory", "SigningKey", "serve"]
-
-Handler = Callable[[Any, Envelope], Awaitable[msgspec.Struct]]
-
-
-@asynccontextmanager
-async def responder(
-    broker: MemoryBroker, settings: Settings, service: str, union: Any, handler: Handler
-) -> AsyncIterator[None]:
-    """Answers ``<service>.commands``: each request handled concurrently, DomainErrors as
-    error replies, as the actor runtime's responder does."""
-    topic = settings.topic(f"{service}.commands")
-    await broker.ensure_topics({topic: 3})
-    codec: Codec[Any] = Codec(union)
-
-    async def answer(envelope: Envelope) -> None:
-        try:
-            reply: msgspec.Struct = await handler(
-                codec.decode(envelope.type, envelope.body), envelope
-            )
-        except DomainError as exc:
-            reply = exc.to_reply()
-        type_tag, body = encode(reply)
-        await broker.publish(
-            envelope.reply_to,
-            Envelope.new(
-                type_tag,
-                body,
-                key=envelope.key,
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.id,
-            ),
-        )
-
-    async with anyio.create_task_group() as tg:
-        ready = anyio.Event()
-
-        async def consume() -> None:
-            sub = broker.subscribe([topic], f"{service}-responders")
-            await sub.start()
-            try:
-                ready.set()
-                async for delivery in sub:
-                    delivery.ack()
-                    assert delivery.envelope is not None
-                    tg.start_soon(answer, delivery.envelope)
-            finally:
-                # Leave the group even though we are being cancelled, or connections leak.
-                with anyio.move_on_after(10, shield=True):
-                    await sub.close()
-
-        tg.start_soon(consume)
-        await ready.wait()
-        yield
-        tg.cancel_scope.cancel()
 
 
 @dataclass

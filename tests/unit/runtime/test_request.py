@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import msgspec
@@ -12,7 +12,6 @@ import pytest
 
 from runtime.bus.base import Broker
 from runtime.bus.memory import MemoryBroker
-from runtime.codec import Codec, encode
 from runtime.config import Settings
 from runtime.errors import (
     DeadlineExceededError,
@@ -26,6 +25,7 @@ from runtime.messages import Envelope
 from runtime.metrics import MetricsRegistry
 from runtime.request import Requester
 from runtime.resilience.deadline import current_deadline, deadline_scope
+from tests.support.responder import responder as shared_responder
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True, tag="test.Ping"):
@@ -50,54 +50,11 @@ async def _default_handler(ping: Ping, envelope: Envelope) -> msgspec.Struct | N
     return Pong(n=ping.n, deadline=envelope.deadline)
 
 
-@asynccontextmanager
-async def responder(
+def responder(
     broker: Broker, settings: Settings, service: str, handler: Handler = _default_handler
-) -> AsyncIterator[list[Envelope]]:
+) -> AbstractAsyncContextManager[list[Envelope]]:
     """Answers ``<service>.commands`` concurrently; yields the list of requests it saw."""
-    topic = settings.topic(f"{service}.commands")
-    await broker.ensure_topics({topic: 3})
-    codec: Codec[Ping] = Codec(Ping)
-    seen: list[Envelope] = []
-
-    async def answer(envelope: Envelope) -> None:
-        reply = await handler(codec.decode(envelope.type, envelope.body), envelope)
-        if reply is None:
-            return
-        type_tag, body = encode(reply)
-        await broker.publish(
-            envelope.reply_to,
-            Envelope.new(
-                type_tag,
-                body,
-                key=envelope.key,
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.id,
-            ),
-        )
-
-    async with anyio.create_task_group() as tg:
-        ready = anyio.Event()
-
-        async def consume() -> None:
-            sub = broker.subscribe([topic], f"{service}-group")
-            await sub.start()
-            try:
-                ready.set()
-                async for delivery in sub:
-                    delivery.ack()
-                    assert delivery.envelope is not None
-                    seen.append(delivery.envelope)
-                    tg.start_soon(answer, delivery.envelope)
-            finally:
-                # Leave the group even though we are being cancelled, or connections leak.
-                with anyio.move_on_after(10, shield=True):
-                    await sub.close()
-
-        tg.start_soon(consume)
-        await ready.wait()
-        yield seen
-        tg.cancel_scope.cancel()
+    return shared_responder(broker, settings, service, Ping, handler)
 
 
 @pytest.fixture
