@@ -52,7 +52,7 @@ def new_id() -> str:
     return f"{value:032x}"
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What travels on the bus: routing and tracing fields around an encoded contract (``body``).
 
     ``deadline`` is absolute, in epoch milliseconds; ``attempt`` counts deliveries to a handler,
@@ -132,6 +132,13 @@ _H_CAUSE: Final = "gr-causation-id"
 _H_REPLY: Final = "gr-reply-to"
 _H_DEADLINE: Final = "gr-deadline"
 _H_ATTEMPT: Final = "gr-attempt"
+# Where each envelope header lands in envelope_from_record's field list.
+_FIELD_SLOTS: Final = {
+    name: index
+    for index, name in enumerate(
+        (_H_ID, _H_TYPE, _H_CORR, _H_CAUSE, _H_REPLY, _H_DEADLINE, _H_ATTEMPT)
+    )
+}
 
 
 def envelope_to_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
@@ -167,31 +174,43 @@ def envelope_from_record(
         InvalidRecordError: the record lacks ``gr-id``/``gr-type``, has a malformed field, or
             has no value; the error names the topic, partition and offset.
     """
+    fields = ["", "", "", "", "", "", ""]
+    user: dict[str, str] = {}
+    slot = _FIELD_SLOTS.get
     try:
-        # One C-level pass builds the map; the known fields are then popped out, and what is
-        # left is the user's headers. This is the consumer's hot path (~1 µs per record).
-        fields = {name: raw.decode() if raw is not None else "" for name, raw in headers}
-        message_id = fields.pop(_H_ID, None)
-        message_type = fields.pop(_H_TYPE, None)
-        if not message_id or not message_type:
-            raise InvalidRecordError(topic, partition, offset, "missing gr-id or gr-type header")
-        if value is None:
-            raise InvalidRecordError(topic, partition, offset, "record has no value (tombstone)")
-        deadline_text = fields.pop(_H_DEADLINE, None)
-        attempt_text = fields.pop(_H_ATTEMPT, None)
-        return Envelope(
-            id=message_id,
-            type=message_type,
-            key=key.decode() if key else "",
-            body=value,
-            correlation_id=fields.pop(_H_CORR, ""),
-            causation_id=fields.pop(_H_CAUSE, ""),
-            reply_to=fields.pop(_H_REPLY, ""),
-            deadline=int(deadline_text) if deadline_text else 0,
-            attempt=int(attempt_text) if attempt_text else 1,
-            headers=fields,
-        )
+        # One pass, each header to its field's slot: this is the consumer's hot path, and it
+        # beats building a dict and popping the known names out (~1.0 us vs ~1.4 us a record).
+        for name, raw in headers:
+            text = raw.decode() if raw is not None else ""
+            index = slot(name)
+            if index is None:
+                user[name] = text
+            else:
+                fields[index] = text
+        message_id, message_type, correlation_id, causation_id, reply_to, deadline, attempt = fields
+        deadline_ms = int(deadline) if deadline else 0
+        attempt_no = int(attempt) if attempt else 1
     except UnicodeDecodeError as exc:
         raise InvalidRecordError(topic, partition, offset, f"header is not UTF-8: {exc}") from exc
     except ValueError as exc:
         raise InvalidRecordError(topic, partition, offset, f"malformed header: {exc}") from exc
+    if not message_id or not message_type:
+        raise InvalidRecordError(topic, partition, offset, "missing gr-id or gr-type header")
+    if value is None:
+        raise InvalidRecordError(topic, partition, offset, "record has no value (tombstone)")
+    try:
+        key_text = key.decode() if key else ""
+    except UnicodeDecodeError as exc:
+        raise InvalidRecordError(topic, partition, offset, f"key is not UTF-8: {exc}") from exc
+    return Envelope(
+        id=message_id,
+        type=message_type,
+        key=key_text,
+        body=value,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        reply_to=reply_to,
+        deadline=deadline_ms,
+        attempt=attempt_no,
+        headers=user,
+    )

@@ -228,8 +228,9 @@ class Node:
 
                 async def fetch() -> None:
                     with fetching:
-                        async for delivery in subscription:
-                            await mailbox.put(delivery)
+                        async for batch in subscription.batches():
+                            for delivery in batch:
+                                await mailbox.put(delivery)
                         # The subscription ended under us (the broker stopped): wind down too.
                         self.drain()
 

@@ -254,8 +254,9 @@ class Requester:
         await subscription.start()
         try:
             yield None
-            async for delivery in subscription:
-                yield delivery
+            async for batch in subscription.batches():
+                for delivery in batch:
+                    yield delivery
         finally:
             # Usually reached by cancellation (close): shield the leave, or the consumer's
             # network shutdown is cancelled half-way and its connections leak. Bounded.

@@ -185,7 +185,8 @@ class Delivery:
 class Subscription(abc.ABC):
     """A member of a consumer group: an async iterator of deliveries plus flow control.
 
-    Use as ``async with broker.subscribe(...) as sub: async for delivery in sub: ...``.
+    Use as ``async with broker.subscribe(...) as sub: async for delivery in sub: ...``, or
+    ``async for batch in sub.batches(): ...`` for one await per fetched batch.
     Leaving the ``async with`` block commits what is committable and leaves the group.
     """
 
@@ -207,6 +208,23 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def __anext__(self) -> Delivery:
         """The next delivery from any assigned, unpaused partition (waits for one)."""
+
+    async def next_batch(self) -> list[Delivery]:
+        """Every delivery ready now from one partition, in offset order (waits for the first).
+
+        The consumer's fast path: one await per fetched batch instead of one per record. Each
+        delivery is still acknowledged on its own. The batch is never empty; at most the
+        broker's ``max_batch`` records.
+
+        Raises:
+            StopAsyncIteration: the subscription was closed or aborted.
+            BrokerNotStartedError: the subscription was never started.
+        """
+        return [await self.__anext__()]
+
+    def batches(self) -> AsyncIterator[list[Delivery]]:
+        """Iterate with :meth:`next_batch`: ``async for batch in sub.batches(): ...``."""
+        return _Batches(self)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -246,6 +264,23 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def abort(self) -> None:
         """Leave the group without committing anything more, as a crashed member would."""
+
+
+@final
+class _Batches:
+    """An async iterator over :meth:`Subscription.next_batch` (a class, not an async generator,
+    so an abandoned loop leaves no generator to finalise)."""
+
+    __slots__ = ("_subscription",)
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[Delivery]:
+        return await self._subscription.next_batch()
 
 
 class Broker(abc.ABC):

@@ -418,44 +418,31 @@ class KafkaSubscription(Subscription):
             records = self._records
             if index < len(records):
                 self._index = index + 1
-                record = records[index]
                 tracker = self._tracker
                 assert tracker is not None
-                try:
-                    envelope = envelope_from_record(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        key=record.key,
-                        value=record.value,
-                        headers=record.headers,
-                    )
-                except InvalidRecordError as error:
-                    return Delivery(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        tracker=tracker,
-                        envelope=None,
-                        error=error,
-                        key=record.key,
-                        value=record.value,
-                        headers=record.headers,
-                    )
-                return Delivery(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    tracker=tracker,
-                    envelope=envelope,
-                    key=record.key,
-                    value=record.value,
-                    headers=record.headers,
-                )
-            if not self._next_batch():
+                return _delivery(records[index], tracker)
+            if not self._take_batch():
                 await self._fetch()
 
-    def _next_batch(self) -> bool:
+    async def next_batch(self) -> list[Delivery]:
+        """Every record left of the current fetched partition batch (waits for one).
+
+        Raises:
+            StopAsyncIteration: the subscription was closed or aborted.
+            BrokerNotStartedError: the subscription was never started.
+        """
+        while True:
+            index = self._index
+            records = self._records
+            if index < len(records):
+                self._index = len(records)
+                tracker = self._tracker
+                assert tracker is not None
+                return [_delivery(record, tracker) for record in records[index:]]
+            if not self._take_batch():
+                await self._fetch()
+
+    def _take_batch(self) -> bool:
         batches = self._batches
         while batches:
             tp, records = batches.popleft()
@@ -639,6 +626,41 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
         self._subscription._on_assigned(set(assigned))
+
+
+def _delivery(record: Any, tracker: OffsetTracker) -> Delivery:
+    """A Delivery for one aiokafka ConsumerRecord; an invalid envelope becomes its error."""
+    try:
+        envelope = envelope_from_record(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
+    except InvalidRecordError as error:
+        return Delivery(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            tracker=tracker,
+            envelope=None,
+            error=error,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
+    return Delivery(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        tracker=tracker,
+        envelope=envelope,
+        key=record.key,
+        value=record.value,
+        headers=record.headers,
+    )
 
 
 async def _connect(bootstrap: str, timeout_s: float, *starts: Any) -> None:

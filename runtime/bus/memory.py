@@ -380,18 +380,35 @@ class MemorySubscription(Subscription):
                 offset = claim.position
                 if offset < claim.end:
                     claim.position = offset + 1
-                    envelope, key, value, headers = claim.records[offset]
-                    if envelope is not None:
-                        return Delivery(
-                            topic=claim.topic,
-                            partition=claim.tp.partition,
-                            offset=offset,
-                            tracker=claim.tracker,
-                            envelope=envelope,
-                            key=key,
-                            value=envelope.body,
-                        )
-                    return _raw_delivery(claim, offset, key, value, headers)
+                    return _stored_delivery(claim, offset, claim.records[offset])
+            if self._group is None:
+                if self._closed:
+                    raise StopAsyncIteration
+                raise BrokerNotStartedError("subscription is not started: use `async with sub:`")
+            if not self._select():
+                await self._wait()
+
+    async def next_batch(self) -> list[Delivery]:
+        """Every record left of the partition batch being handed out (waits for one).
+
+        Raises:
+            StopAsyncIteration: the subscription was closed or aborted.
+            BrokerNotStartedError: the subscription was never started.
+        """
+        if self._ops >= _CHECKPOINT_EVERY:
+            self._ops = 0
+            await anyio.lowlevel.checkpoint()
+        while True:
+            claim = self._current
+            if claim is not None:
+                start, end = claim.position, claim.end
+                if start < end:
+                    claim.position = end
+                    self._ops += end - start
+                    return [
+                        _stored_delivery(claim, offset, record)
+                        for offset, record in enumerate(claim.records[start:end], start)
+                    ]
             if self._group is None:
                 if self._closed:
                     raise StopAsyncIteration
@@ -537,6 +554,25 @@ class MemorySubscription(Subscription):
             self._claims[tp] = _Claim(tp, part, position, committed)
         self._order = list(self._claims.values())
         self._wake()
+
+
+def _stored_delivery(
+    claim: _Claim,
+    offset: int,
+    record: _Record,
+) -> Delivery:
+    envelope, key, value, headers = record
+    if envelope is None:
+        return _raw_delivery(claim, offset, key, value, headers)
+    return Delivery(
+        topic=claim.topic,
+        partition=claim.tp.partition,
+        offset=offset,
+        tracker=claim.tracker,
+        envelope=envelope,
+        key=key,
+        value=envelope.body,
+    )
 
 
 def _raw_delivery(

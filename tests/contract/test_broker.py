@@ -289,6 +289,72 @@ async def test_invalid_record_surfaces_as_typed_error(broker: Broker, unique: st
     assert good.envelope == valid
 
 
+async def take_batches(sub: Subscription, count: int) -> list[list[Delivery]]:
+    """Batches from ``sub`` until they hold ``count`` deliveries (none acknowledged)."""
+    got: list[list[Delivery]] = []
+    with anyio.fail_after(WAIT):
+        async for batch in sub.batches():
+            got.append(batch)
+            if sum(map(len, got)) >= count:
+                break
+    return got
+
+
+async def test_batches_hand_out_one_partition_in_offset_order(broker: Broker, unique: str) -> None:
+    topic, group = f"batch-{unique}", f"g-{unique}"
+    await broker.ensure_topics({topic: 3})
+    sent = envelopes(60, keys=6)
+    await broker.publish_many(topic, sent)
+    async with broker.subscribe([topic], group) as sub:
+        batches = await take_batches(sub, 60)
+        for batch in batches:
+            assert batch, "a batch is never empty"
+            assert len({d.partition for d in batch}) == 1, "a batch comes from one partition"
+            offsets = [d.offset for d in batch]
+            assert offsets == list(range(offsets[0], offsets[0] + len(batch)))
+        deliveries = [d for batch in batches for d in batch]
+        assert sorted(ids(deliveries)) == sorted(e.id for e in sent)
+        for delivery in deliveries:
+            delivery.ack()
+
+
+async def test_batch_deliveries_are_acknowledged_one_by_one(broker: Broker, unique: str) -> None:
+    topic, group = f"batch-ack-{unique}", f"g-{unique}"
+    tp = TopicPartition(topic, 0)
+    await broker.ensure_topics({topic: 1})
+    await broker.publish_many(topic, envelopes(5, keys=1))
+    async with broker.subscribe([topic], group) as sub:
+        got = [d for batch in await take_batches(sub, 5) for d in batch]
+        assert [d.offset for d in got] == [0, 1, 2, 3, 4]
+        for index in (0, 1, 3, 4):
+            got[index].ack()
+        assert await sub.commit() == {tp: 2}, "the unacknowledged offset 2 holds the commit"
+        got[2].ack()
+        assert await sub.commit() == {tp: 5}
+
+
+async def test_batch_handed_out_before_a_pause_is_kept_and_nothing_skipped(
+    broker: Broker, unique: str
+) -> None:
+    topic = f"batch-pause-{unique}"
+    await broker.ensure_topics({topic: 1})
+    sent = envelopes(50, keys=1)
+    await broker.publish_many(topic, sent[:40])
+    async with broker.subscribe([topic], f"g-{unique}") as sub:
+        with anyio.fail_after(WAIT):
+            first = await sub.next_batch()
+        sub.pause()
+        await broker.publish_many(topic, sent[40:])
+        assert await nothing_arrives(sub)
+        for delivery in first:
+            delivery.ack()  # handed out before the pause: still valid, still acknowledged
+        sub.resume()
+        rest = [d for batch in await take_batches(sub, 50 - len(first)) for d in batch]
+        for delivery in rest:
+            delivery.ack()
+    assert ids(first) + ids(rest) == [e.id for e in sent]
+
+
 @pytest.mark.kafka
 async def test_unreachable_kafka_fails_fast_naming_the_address() -> None:
     from runtime.bus.kafka import KafkaBroker
