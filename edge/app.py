@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -33,6 +33,8 @@ from edge.auth import KeyFetcher, Principal, SigningKeyCache, TokenVerifier
 from edge.config import EdgeConfig
 from edge.errors import EdgeError, domain_error_response, handle_exception
 from edge.files import file_content_handlers
+from edge.front import BusRouteFront
+from edge.http_request import HttpRequest
 from edge.idempotency import IdempotencyStore
 from edge.openapi import ContractSchemaPlugin
 from edge.ratelimit import RateLimiter
@@ -104,8 +106,7 @@ class CorrelationMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        given = Headers.from_scope(scope).get("x-correlation-id", "")
-        correlation_id = given if _CORRELATION_ID.fullmatch(given) else new_id()
+        correlation_id = correlation_id_for(Headers.from_scope(scope).get("x-correlation-id", ""))
         state: dict[str, Any] = scope.setdefault("state", {})
         state["correlation_id"] = correlation_id
         edge_headers: dict[str, str] = state.setdefault("edge_headers", {})
@@ -125,17 +126,27 @@ class CorrelationMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_with_headers)
         finally:
-            elapsed = time.perf_counter() - started
-            _http_requests.inc(status=str(status))
-            _http_seconds.observe(elapsed)
-            _log().info(
-                "request",
-                method=scope.get("method", ""),
-                path=scope["path"],
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-                correlation_id=correlation_id,
-            )
+            record_request(scope, status, started, correlation_id)
+
+
+def record_request(scope: Scope, status: int, started: float, correlation_id: str) -> None:
+    """The request's metrics and its one access-log line."""
+    elapsed = time.perf_counter() - started
+    _http_requests.inc(status=str(status))
+    _http_seconds.observe(elapsed)
+    _log().info(
+        "request",
+        method=scope.get("method", ""),
+        path=scope["path"],
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        correlation_id=correlation_id,
+    )
+
+
+def correlation_id_for(given: str) -> str:
+    """The client's ``X-Correlation-Id`` if it is a short token of safe characters, else new."""
+    return given if _CORRELATION_ID.fullmatch(given) else new_id()
 
 
 @final
@@ -191,7 +202,7 @@ class Gateway:
 
     # --- pipeline
 
-    async def handle(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def handle(self, route: Route, request: HttpRequest) -> Response[bytes]:
         """Answer one HTTP request for ``route`` within its deadline.
 
         The deadline (``route.timeout_s``, else ``settings.request_timeout_s``) starts when the
@@ -210,13 +221,13 @@ class Gateway:
         assert scope.cancelled_caught
         raise DeadlineExceededError("the request's deadline passed before it was answered")
 
-    async def _handle(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def _handle(self, route: Route, request: HttpRequest) -> Response[bytes]:
         requester, verifier = self.requester, self.verifier
         if requester is None or verifier is None:
             raise UnavailableError("edge is starting", retry_after_s=1.0)
-        state = request.scope["state"]
+        state = request.state
         correlation_id: str = state["correlation_id"]
-        client_ip = self._client_ip(request)
+        client_ip = self.client_ip(request.headers, request.client_host)
         await self._limit("ip", client_ip, self.config.rate_limit_per_ip, state)
         principal: Principal | None = None
         if route.auth:
@@ -274,14 +285,14 @@ class Gateway:
         headers: dict[str, str],
         scope: str,
         key: str,
-        request: Request[Any, Any, Any],
+        request: HttpRequest,
         body: bytes,
     ) -> Response[bytes]:
         store = self.idempotency
         assert store is not None
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise EdgeError("malformed", "Idempotency-Key must be 1-255 visible ASCII characters")
-        request_hash = store.request_hash(route.method, request.url.path, body)
+        request_hash = store.request_hash(route.method, request.path, body)
         try:
             claim = await store.claim(scope, key, request_hash)
         except _redis_errors() as exc:
@@ -354,17 +365,18 @@ class Gateway:
                 headers={"Retry-After": str(result.reset_s)},
             )
 
-    def _client_ip(self, request: Request[Any, Any, Any]) -> str:
+    def client_ip(self, headers: Mapping[str, str], peer: str) -> str:
+        """The client's address: the first X-Forwarded-For hop if trusted, else the peer's."""
         if self.config.trust_forwarded_for:
-            forwarded = request.headers.get("x-forwarded-for", "")
+            forwarded = headers.get("x-forwarded-for", "")
             if forwarded:
                 return forwarded.split(",")[0].strip()
-        return request.client.host if request.client else "unknown"
+        return peer
 
     @staticmethod
     def _build(
         route: Route,
-        request: Request[Any, Any, Any],
+        request: HttpRequest,
         body: bytes,
         principal: Principal | None,
     ) -> msgspec.Struct:
@@ -384,7 +396,7 @@ class Gateway:
             except msgspec.DecodeError as exc:
                 raise EdgeError("malformed", f"body is not valid JSON: {exc}") from exc
         else:
-            data = {k: v for k, v in request.query_params.items() if k in fields}
+            data = {k: v for k, v in request.query.items() if k in fields}
         for name in route.path_params:
             data[name] = request.path_params[name]
         if route.subject_field is not None and principal is not None:
@@ -440,7 +452,7 @@ def _suppress_redis_errors() -> Iterator[None]:
 
 def _route_handler(route: Route, gateway: Gateway, config: EdgeConfig) -> HTTPRouteHandler:
     async def endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await gateway.handle(route, request)
+        return await gateway.handle(route, HttpRequest.from_litestar(request))
 
     endpoint.__name__ = f"{route.service}_{route.request_type.__name__}"
     return route_decorator(route, config)(endpoint)
@@ -531,7 +543,7 @@ def create_app(
 
     handlers = [_route_handler(r, gateway, config) for r in routes]
     handlers += file_content_handlers(gateway, config, routes)  # bytes: streamed, not JSON
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, metrics, *handlers],
         lifespan=[lifespan],
         middleware=[CorrelationMiddleware()],
@@ -546,3 +558,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    # The bus routes are answered in front of Litestar's machinery (edge.front says why); their
+    # Litestar handlers above still document them in OpenAPI.
+    app.asgi_handler = BusRouteFront(app.asgi_handler, gateway, routes, config.max_body_bytes)
+    return app

@@ -25,6 +25,7 @@ __all__ = [
     "correlation_id_of",
     "domain_error_response",
     "error_response",
+    "exception_response",
     "handle_exception",
 ]
 
@@ -139,7 +140,11 @@ def domain_error_response(exc: DomainError, correlation_id: str) -> Response[byt
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every exception: map it, never leak internals."""
-    correlation_id = correlation_id_of(request)
+    return exception_response(exc, correlation_id_of(request), request.url.path)
+
+
+def exception_response(exc: Exception, correlation_id: str, path: str) -> Response[bytes]:
+    """The response for any exception raised while answering ``path``; internals never leak."""
     if isinstance(exc, EdgeError):
         return error_response(
             exc.status, exc.kind, exc.message, correlation_id, field=exc.field, headers=exc.headers
@@ -155,7 +160,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     _log().error(
         "unhandled error",
         correlation_id=correlation_id,
-        path=request.url.path,
+        path=path,
         exc_info=exc,
     )
     return error_response(500, "internal", "", correlation_id)

@@ -163,7 +163,9 @@ class _FileTransfer:
             raise UnavailableError("edge is starting", retry_after_s=1.0)
         state = request.scope["state"]
         # The gateway's own pipeline steps, so limits and token rules match the JSON routes.
-        client_ip = gateway._client_ip(request)
+        client_ip = gateway.client_ip(
+            request.headers, request.client.host if request.client else "unknown"
+        )
         await gateway._limit("ip", client_ip, gateway.config.rate_limit_per_ip, state)
         principal = await verifier.verify(request.headers.get("authorization"))
         await gateway._limit("sub", principal.subject, gateway.config.rate_limit_per_subject, state)

@@ -251,7 +251,29 @@ def _script(*args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *args]
 
 
-def run_load(mode_args: Sequence[str], concurrency: int, args: argparse.Namespace) -> Any:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (Linux /proc), 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_load(
+    mode_args: Sequence[str],
+    concurrency: int,
+    args: argparse.Namespace,
+    servers: dict[str, int] | None = None,
+) -> Any:
+    """One cell; with ``servers`` (name -> pid), also the CPU seconds each used per request."""
     command = _script(
         "_load",
         *mode_args,
@@ -262,15 +284,24 @@ def run_load(mode_args: Sequence[str], concurrency: int, args: argparse.Namespac
         "--seconds",
         str(args.seconds),
     )
+    servers = servers or {}
+    before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    load_before = children_cpu_seconds()
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in servers.items()}
+    used["load client"] = children_cpu_seconds() - load_before
+    # Per request over the whole cell (warm-up included), so the parts can be compared: on a
+    # 2-core machine the path is bounded by the sum of its processes' CPU per request.
+    requests = max(1, result["completed"]) * (args.warmup + args.seconds) / args.seconds
+    result["cpu_ms_per_request"] = {name: 1000 * s / requests for name, s in used.items()}
     result["load1"] = os.getloadavg()[0]  # the machine's load after the cell, for the record
     return result
 
 
 @contextmanager
-def plain_server() -> Iterator[str]:
-    """(a) in a process of its own; yields its URL."""
+def plain_server() -> Iterator[tuple[str, int]]:
+    """(a) in a process of its own; yields its URL and pid."""
     from tests.support.edge_helpers import free_port, round_trip_ok, wait_until
 
     port = free_port()
@@ -282,15 +313,18 @@ def plain_server() -> Iterator[str]:
             within=90,
             what="the plain Litestar server",
         )
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(10)
 
 
 @contextmanager
-def raw_server(bootstrap: str, concurrency: Sequence[int]) -> Iterator[tuple[str, dict[int, str]]]:
-    """(b)'s responder in a process of its own; yields its topic and a reply topic per cell."""
+def raw_server(
+    bootstrap: str, concurrency: Sequence[int]
+) -> Iterator[tuple[str, dict[int, str], int]]:
+    """(b)'s responder in a process of its own; yields its topic, a reply topic per cell and its
+    pid."""
     import anyio
 
     from runtime.bus.kafka import KafkaBroker
@@ -310,13 +344,15 @@ def raw_server(bootstrap: str, concurrency: Sequence[int]) -> Iterator[tuple[str
         assert responder.stdout is not None
         if responder.stdout.readline().strip() != "READY":
             raise RuntimeError("the raw responder did not start")
-        yield topic, replies
+        yield topic, replies, responder.pid
     finally:
         responder.terminate()
         responder.wait(10)
 
 
-def measure(args: argparse.Namespace, bootstrap: str, tmp: Path) -> tuple[dict[str, Any], str]:
+def measure(
+    args: argparse.Namespace, bootstrap: str, tansu_pid: int, tmp: Path
+) -> tuple[dict[str, Any], str]:
     """Every cell, the three paths back to back per concurrency, so each ratio compares
     measurements taken seconds apart (a shared machine's load drifts over minutes)."""
     from tests.support.edge_helpers import edge_stack
@@ -324,8 +360,8 @@ def measure(args: argparse.Namespace, bootstrap: str, tmp: Path) -> tuple[dict[s
     results: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
     profile = ""
     with (
-        plain_server() as plain_url,
-        raw_server(bootstrap, args.concurrency) as (topic, replies),
+        plain_server() as (plain_url, plain_pid),
+        raw_server(bootstrap, args.concurrency) as (topic, replies, responder_pid),
         edge_stack(
             bootstrap=bootstrap,
             redis_url=REDIS_URL,
@@ -336,16 +372,19 @@ def measure(args: argparse.Namespace, bootstrap: str, tmp: Path) -> tuple[dict[s
             partitions=PARTITIONS,
         ) as stack,
     ):
+        a_pids = {"plain server": plain_pid}
+        b_pids = {"raw responder": responder_pid, "tansu": tansu_pid}
+        c_pids = {"edge": stack.edge.pid, "node": stack.things[0].pid, "tansu": tansu_pid}
         for c in args.concurrency:
-            results["a"].append(run_load(["http", plain_url], c, args))
-            results["b"].append(run_load(["raw", bootstrap, topic, replies[c]], c, args))
+            results["a"].append(run_load(["http", plain_url], c, args, a_pids))
+            results["b"].append(run_load(["raw", bootstrap, topic, replies[c]], c, args, b_pids))
             if args.profile and c == args.concurrency[-1]:
                 pids = {"edge": stack.edge.pid, "node": stack.things[0].pid}
                 with profiling(pids, args.warmup + args.seconds, tmp) as report:
-                    results["c"].append(run_load(["http", stack.url], c, args))
+                    results["c"].append(run_load(["http", stack.url], c, args, c_pids))
                 profile = report()
             else:
-                results["c"].append(run_load(["http", stack.url], c, args))
+                results["c"].append(run_load(["http", stack.url], c, args, c_pids))
     return results, profile
 
 
@@ -450,6 +489,13 @@ def summarize(data: dict[str, Any]) -> None:
             f"{'':<18}{c:>6}{e['rps'] / a['rps']:>12.2f}{e['rps'] / b['rps']:>12.2f}"
             f"{e['p99_ms'] / b['p99_ms']:>10.2f}"
         )
+    print("CPU ms per request, by process (the path is bounded by their sum on few cores):")
+    for key, label in names.items():
+        for r in data["results"][key]:
+            parts = r.get("cpu_ms_per_request", {})
+            total = sum(parts.values())
+            detail = ", ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
+            print(f"  {label:<16}{r['concurrency']:>6}  total {total:.2f}: {detail}")
     t = data["target"]
     verdict = "met" if t["met"] else "NOT met"
     print(
@@ -466,7 +512,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tansu = TansuServer(tmp / "tansu")
         tansu.start()
         try:
-            results, profile = measure(args, tansu.bootstrap, tmp)
+            assert tansu.process.pid is not None
+            results, profile = measure(args, tansu.bootstrap, tansu.process.pid, tmp)
         finally:
             tansu.stop()
     top = max(args.concurrency)
