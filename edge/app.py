@@ -96,6 +96,19 @@ def _field_path(message: str) -> str:
     return where
 
 
+def _integral_floats_as_ints(value: Any) -> Any:
+    """``2.0`` as ``2``, however deep: JSON Schema's ``integer`` (what OpenAPI promises for an
+    int field) includes ``2.0``, while strict decoding would refuse it. Non-integral numbers stay
+    floats, so ``2.5`` is still refused for an int field; a float field accepts the int."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
 class CorrelationMiddleware(ASGIMiddleware):
     """Gives every request a correlation id, echoes it, adds edge headers and logs one line.
 
@@ -390,7 +403,7 @@ class Gateway:
         data: dict[str, Any]
         if route.has_body:
             try:
-                data = _body_decoder.decode(body) if body.strip() else {}
+                data = _integral_floats_as_ints(_body_decoder.decode(body)) if body.strip() else {}
             except msgspec.ValidationError as exc:
                 raise EdgeError("invalid", "body must be a JSON object", field="$") from exc
             except msgspec.DecodeError as exc:

@@ -169,11 +169,22 @@ async def test_malformed_json_is_400(edge_factory: EdgeFactory) -> None:
         assert body["correlation_id"] == response.headers["x-correlation-id"]
 
 
+async def test_an_integral_float_is_an_integer(edge_factory: EdgeFactory) -> None:
+    """OpenAPI's ``integer`` admits ``2.0`` (JSON Schema counts it an integer): so does the edge."""
+    async with edge_factory(ROUTES, services()) as edge:
+        response = await edge.client.post(
+            "/orders", json={"sku": "apple", "quantity": 2.0}, headers=edge.bearer()
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["quantity"] == 2
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
         ({"sku": "apple", "quantity": "two"}, "$.quantity"),
         ({"sku": "apple", "quantity": 0}, "$.quantity"),
+        ({"sku": "apple", "quantity": 2.5}, "$.quantity"),
         ({"sku": "apple"}, "$.quantity"),
         ([1, 2], "$"),
     ],
