@@ -43,8 +43,15 @@ from actors.files.contracts import (
     normalize_content_type,
 )
 from adapters.postgres import PostgresActor, transaction
-from adapters.storage import IamProvisioner, ObjectStore, StorageCredentials, StorageProvisioner
+from adapters.storage import (
+    IamProvisioner,
+    ObjectStore,
+    StorageCredentials,
+    StorageProvisioner,
+    s3_policy,
+)
 from runtime.errors import ConflictError, InvalidError, NotFoundError
+from runtime.resilience import PolicyConfig
 
 if TYPE_CHECKING:
     from adapters.postgres import Connection
@@ -109,6 +116,8 @@ class Files(PostgresActor):
     max_size: ClassVar[int] = MAX_FILE_SIZE
     upload_expires_s: ClassVar[int] = 300
     link_expires_s: ClassVar[int] = 300
+    # The bucket's resilience policy (timeout, retry, breaker); None: the adapter's default.
+    s3_policy_config: ClassVar[PolicyConfig | None] = None
 
     store: ObjectStore
 
@@ -134,7 +143,8 @@ class Files(PostgresActor):
         if release is not None:
             # Registered first, so it runs after the store is closed.
             self._stack.push_async_callback(_release, release, actor, credentials, ctx)
-        self.store = await self._stack.enter_async_context(ObjectStore(credentials))
+        policy = s3_policy(credentials.bucket, self.s3_policy_config)
+        self.store = await self._stack.enter_async_context(ObjectStore(credentials, policy=policy))
         ctx.resources["storage"] = self.store
 
     async def on_stop(self, ctx: NodeContext) -> None:

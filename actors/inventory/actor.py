@@ -13,7 +13,8 @@ The product listing is cached in Redis (cache-aside, :class:`~adapters.redis.Cac
 keyed under a generation number that every committed stock or product change bumps *after* the
 commit (:meth:`Inventory.handler_for`), so a reader can only cache a page under a generation whose
 data it saw; stale generations age out with the TTL. Without Redis the listing is read from
-Postgres every time.
+Postgres every time, and so it is while Redis is slow or unreachable: the cache's policy gives up
+on it quickly and its breaker then skips it (:attr:`Inventory.redis_policy_config`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,11 @@ class Inventory(PostgresActor):
     # because the inbox makes it idempotent.
     postgres_policy_config: ClassVar[PolicyConfig] = PolicyConfig(timeout_s=10.0)
 
+    # The listing cache's Redis policy; None: :data:`adapters.redis.CACHE_POLICY` (short timeout,
+    # no retry on timeout, a breaker that skips Redis while it fails), so a slow or unreachable
+    # Redis costs a listing half a second at most, and nothing once the breaker is open.
+    redis_policy_config: ClassVar[PolicyConfig | None] = None
+
     redis: ActorRedis | None = None
     listing: Cache[ProductPage] | None = None
 
@@ -172,7 +178,13 @@ class Inventory(PostgresActor):
         if not ctx.settings.redis_url:
             ctx.log.warning("inventory.no_cache", note="GREENROOM_REDIS_URL unset: no cache")
             return
-        from adapters.redis import ActorRedis, Cache, actor_redis_credentials
+        from adapters.redis import (
+            CACHE_POLICY,
+            ActorRedis,
+            Cache,
+            actor_redis_credentials,
+            redis_policy,
+        )
 
         try:
             credentials = await actor_redis_credentials(
@@ -181,7 +193,8 @@ class Inventory(PostgresActor):
         except BaseException:
             await super().on_stop(ctx)
             raise
-        self.redis = ActorRedis.connect(credentials)
+        policy = redis_policy(credentials.prefix[:-1], self.redis_policy_config or CACHE_POLICY)
+        self.redis = ActorRedis.connect(credentials, policy=policy)
         self.listing = Cache(self.redis, ProductPage, ttl_s=LISTING_TTL_S, namespace="products")
         ctx.resources["redis"] = self.redis
 

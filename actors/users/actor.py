@@ -4,7 +4,9 @@
   contracts module is imported, never its handlers).
 * Reads go through a cache-aside :class:`~adapters.redis.Cache` under ``<data_name>:profile:<id>``
   in the service's own Redis ACL user (key prefix ``users:`` in production). A read has no
-  effects, so it skips the inbox: a cached read costs one Redis GET and no Postgres write.
+  effects, so it skips the inbox: a cached read costs one Redis GET and no Postgres write. While
+  Redis is slow or unreachable, reads are answered from Postgres (the cache's policy gives up
+  quickly, then its breaker skips Redis until it answers again).
 * An update commits, emits :class:`~actors.users.contracts.ProfileUpdated` through the outbox,
   and drops the cached copy as soon as the commit is done. The service also consumes its own
   ``users.events`` and drops the key again on ``ProfileUpdated``: that second invalidation is
@@ -29,7 +31,13 @@ from redis import RedisError
 from actors.auth.contracts import UserRegistered
 from actors.users.contracts import Address, GetProfile, Profile, ProfileUpdated, UpdateProfile
 from adapters.postgres import PostgresActor, transaction
-from adapters.redis import ActorRedis, Cache, actor_redis_credentials
+from adapters.redis import (
+    CACHE_POLICY,
+    ActorRedis,
+    Cache,
+    actor_redis_credentials,
+    redis_policy,
+)
 from runtime.actor import Actor, Context, NodeContext
 from runtime.errors import (
     ConflictError,
@@ -39,6 +47,7 @@ from runtime.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from runtime.resilience import PolicyConfig
 
 if TYPE_CHECKING:
     import asyncpg
@@ -143,6 +152,10 @@ class Users(PostgresActor):
     migrations_package = "actors.users.migrations"
 
     cache_ttl_s: ClassVar[float] = 300.0
+    # The profile cache's Redis policy; None: :data:`adapters.redis.CACHE_POLICY`, so a slow or
+    # unreachable Redis costs a read half a second at most (nothing once the breaker is open)
+    # and profiles are read from Postgres meanwhile.
+    redis_policy_config: ClassVar[PolicyConfig | None] = None
 
     redis: ActorRedis
     profiles: Cache[Profile]
@@ -163,7 +176,8 @@ class Users(PostgresActor):
             )
         await super().on_start(ctx)
         credentials = await actor_redis_credentials(admin_url, self.data_name or self.name)
-        self.redis = ActorRedis.connect(credentials)
+        policy = redis_policy(credentials.prefix[:-1], self.redis_policy_config or CACHE_POLICY)
+        self.redis = ActorRedis.connect(credentials, policy=policy)
         self.profiles = Cache(self.redis, Profile, ttl_s=self.cache_ttl_s, namespace="profile")
         ctx.resources["redis"] = self.redis
 

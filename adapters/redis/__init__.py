@@ -2,7 +2,7 @@
 ``redis`` policy, and cache-aside with single flight. Importing this package imports redis."""
 
 from adapters.redis.cache import Cache
-from adapters.redis.client import ActorRedis, redis_policy
+from adapters.redis.client import CACHE_POLICY, ActorRedis, redis_policy
 from adapters.redis.provision import (
     ACL_COMMAND_RULES,
     RedisCredentials,
@@ -13,6 +13,7 @@ from adapters.redis.provision import (
 
 __all__ = [
     "ACL_COMMAND_RULES",
+    "CACHE_POLICY",
     "ActorRedis",
     "Cache",
     "RedisCredentials",

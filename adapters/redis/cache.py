@@ -5,14 +5,18 @@ Redis and, on a miss, loads and stores; the others wait for its result (or its e
 key costs its source one call per process, not one per request, and a hot key one Redis read per
 burst.
 
-The cache is an optimisation, never a dependency: when Redis fails or its breaker is open, a
-read counts as a miss and a failed write is logged, so callers still get the loaded value.
+The cache is an optimisation, never a dependency: when Redis fails or its breaker is open, the
+lookup loads from the source (counted as outcome ``unavailable``) without trying to store the
+value, since a Redis that just failed a read would only make the caller wait again; a failed write
+after a plain miss is logged. Either way callers get the loaded value. Give the client
+:data:`~adapters.redis.CACHE_POLICY`, so that a slow or unreachable Redis costs a lookup half a
+second at most, and nothing once its breaker is open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, final
+from typing import Any, Final, Generic, TypeVar, cast, final
 
 import anyio
 import msgspec
@@ -22,6 +26,7 @@ from adapters.redis.client import ActorRedis
 from runtime.errors import UnavailableError
 from runtime.logging import get_logger
 from runtime.metrics import registry
+from runtime.resilience import CircuitOpenError
 
 __all__ = ["Cache"]
 
@@ -31,6 +36,22 @@ _log = get_logger("adapters.redis.cache")
 _lookups = registry.counter("greenroom_cache_lookups_total", "Cache-aside lookups, by outcome")
 # What makes the cache unusable for one call without making the caller's request fail.
 _CACHE_DOWN = (RedisError, UnavailableError, OSError)
+
+
+@final
+class _Unavailable:
+    """The type of :data:`_UNAVAILABLE`: Redis did not answer a read (not the same as a miss)."""
+
+    __slots__ = ()
+
+
+_UNAVAILABLE: Final = _Unavailable()
+
+
+def _cache_down(exc: BaseException, event: str, key: str) -> None:
+    # An open breaker was logged when it opened; a warning per lookup would flood the log.
+    log = _log.debug if isinstance(exc, CircuitOpenError) else _log.warning
+    log(event, key=key, error=repr(exc))
 
 
 @final
@@ -97,9 +118,12 @@ class Cache(Generic[T]):
         self._flights[key] = flight
         try:
             cached = await self._read(key)
-            if cached is not None:
+            if cached is _UNAVAILABLE:
+                _lookups.inc(actor=self._name, outcome="unavailable")
+                value = await loader()
+            elif cached is not None:
                 _lookups.inc(actor=self._name, outcome="hit")
-                value = cached
+                value = cast("T", cached)
             else:
                 _lookups.inc(actor=self._name, outcome="miss")
                 value = await loader()
@@ -114,12 +138,13 @@ class Cache(Generic[T]):
             flight.done.set()
         return value
 
-    async def _read(self, key: str) -> T | None:
+    async def _read(self, key: str) -> T | _Unavailable | None:
+        """The cached value, None on a miss, :data:`_UNAVAILABLE` if Redis could not answer."""
         try:
             raw = await self.redis.get(self._key(key))
         except _CACHE_DOWN as exc:
-            _log.warning("cache.read_failed", key=key, error=repr(exc))
-            return None
+            _cache_down(exc, "cache.read_failed", key)
+            return _UNAVAILABLE
         if raw is None:
             return None
         try:
@@ -132,4 +157,4 @@ class Cache(Generic[T]):
         try:
             await self.redis.set(self._key(key), self._encoder.encode(value), ttl_s=self.ttl_s)
         except _CACHE_DOWN as exc:
-            _log.warning("cache.write_failed", key=key, error=repr(exc))
+            _cache_down(exc, "cache.write_failed", key)

@@ -5,12 +5,18 @@ Callers name keys without the prefix (``await r.get("session:42")`` reads ``orde
 the ACL user (:mod:`adapters.redis.provision`) enforces the same boundary on the server, so a
 forgotten prefix is a NOPERM error, never another actor's data. The client's own retries are off:
 the policy retries, within the deadline, and its breaker sees every failure.
+
+:data:`CACHE_POLICY` is the policy for a Redis that only holds a cache (the actor answers from its
+source of truth without it): a call that has not answered in half a second is given up rather
+than retried, and a few failures open the breaker, so while Redis is slow or unreachable readers
+skip it at once instead of spending their deadline on it. The default policy suits a Redis the
+actor cannot do without.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, cast, final
+from typing import Any, Final, cast, final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as RedisRetry
@@ -18,9 +24,28 @@ from redis.backoff import NoBackoff
 
 from adapters.errors import redis_transient
 from adapters.redis.provision import RedisCredentials
-from runtime.resilience import PolicyConfig, ResiliencePolicy
+from runtime.resilience import BreakerConfig, PolicyConfig, ResiliencePolicy, RetryConfig
 
-__all__ = ["ActorRedis", "redis_policy"]
+__all__ = ["CACHE_POLICY", "ActorRedis", "redis_policy"]
+
+CACHE_POLICY: Final = PolicyConfig(
+    # A cache read on a healthy Redis takes well under a millisecond: one that has not answered
+    # in half a second is abandoned and the source asked instead, not retried (a lost
+    # connection still gets one more attempt, on a fresh connection).
+    timeout_s=0.5,
+    retry_on_timeout=False,
+    retry=RetryConfig(max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.05),
+    # Opens when half of the last 10 calls failed (so at most 5 failing calls after a healthy
+    # spell), skips Redis for 10 s, then two trial calls decide.
+    breaker=BreakerConfig(
+        window_size=10,
+        minimum_calls=5,
+        failure_rate_threshold=0.5,
+        open_for_s=10.0,
+        half_open_calls=2,
+    ),
+)
+"""The ``redis`` policy of an actor whose Redis is only a cache (module docstring)."""
 
 
 def redis_policy(actor: str, config: PolicyConfig | None = None) -> ResiliencePolicy:

@@ -135,12 +135,24 @@ def run(args: argparse.Namespace) -> int:
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+            # Longer than any client's or load balancer's idle timeout (httpx and aiohttp keep
+            # idle connections 5 s and 15 s, AWS ALB 60 s), so the client always closes an idle
+            # connection first. With uvicorn's 5 s default both ends closed at once and a POST
+            # sent on the closing connection failed with a read error, never reaching the edge
+            # (seen in the chaos suite's S1).
+            timeout_keep_alive=KEEP_ALIVE_S,
+            # The edge decides itself whether to trust X-Forwarded-For (--trust-forwarded-for);
+            # uvicorn's own rewrite of the client address would bypass that setting.
+            proxy_headers=False,
         )
     )
     # uvicorn's SIGTERM/SIGINT handlers stop accepting, drain, then run the lifespan shutdown
     # (reply consumer, bus, Redis).
     server.run()
     return 0 if server.started else 1
+
+
+KEEP_ALIVE_S = 75  # nginx's default keep-alive timeout; see run()
 
 
 def uvicorn_config(app: Any, **options: Any) -> Any:

@@ -7,7 +7,9 @@ number of requests at a fixed rate (open loop: a request starts on schedule whet
 previous ones finished) while :func:`runtime.chaos.run_chaos` signals processes on its own
 schedule. Each request records its phase (before, during or after the chaos window), status and
 latency; the client's timeout is the edge's deadline plus a margin, so a request the edge failed
-to answer by its deadline is counted, not waited for forever.
+to answer by its deadline is counted, not waited for forever. A request answered later than the
+deadline plus :data:`LATE_MARGIN_S` is *late*: the edge answers 504 at the deadline, so lateness
+beyond scheduling jitter means something held the answer back.
 
 Invariants are the scenario's business: it reads the actors' own databases (read-only, as the
 admin user) after :meth:`ChaosRun.run` returns.
@@ -32,6 +34,11 @@ from runtime.chaos import ChaosConfig, ChaosReport, run_chaos
 from tests.chaos._harness import ROOT, UpProcess, percentiles, start_up
 
 Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+LATE_MARGIN_S = 1.0
+"""How much later than its deadline a request may be answered before it counts as late: room for
+scheduling jitter on a loaded two-core machine (the edge's 504 at the deadline, the client's own
+event loop). The client's own timeout is the deadline plus ``margin_s`` (2 s by default)."""
 
 
 @dataclass
@@ -69,6 +76,18 @@ class LoadReport:
             if r.status is None or r.latency_s > self.deadline_s + self.margin_s
         ]
 
+    def unanswered(self) -> list[RequestResult]:
+        """Requests that got no HTTP answer at all (client timeout or connection error)."""
+        return [r for r in self.results if r.status is None]
+
+    def answered_late(self, margin_s: float = LATE_MARGIN_S) -> list[RequestResult]:
+        """Requests answered, but later than deadline + ``margin_s``."""
+        return [
+            r
+            for r in self.results
+            if r.status is not None and r.latency_s > self.deadline_s + margin_s
+        ]
+
     def figures(self) -> dict[str, Any]:
         """Success rate, statuses and latency percentiles (ms) per phase, plus the chaos summary."""
         phases: dict[str, Any] = {}
@@ -94,9 +113,10 @@ class LoadReport:
             "success_rate": round(len(self.ok()) / max(1, len(self.results)), 4),
             "deadline_s": self.deadline_s,
             "over_deadline": len(self.over_deadline()),
-            "answered_after_deadline": sum(
-                1 for r in self.results if r.status is not None and r.latency_s > self.deadline_s
-            ),
+            "unanswered": len(self.unanswered()),
+            "late_margin_s": LATE_MARGIN_S,
+            "answered_after_deadline_plus_margin": len(self.answered_late()),
+            "max_latency_s": round(max((r.latency_s for r in self.results), default=0.0), 3),
             "phases": phases,
             "chaos": (
                 {k: v for k, v in self.chaos.summary().items() if k != "faults"}
@@ -111,8 +131,10 @@ class ChaosRun:
     """A system under ``greenroom up`` plus an HTTP load and a chaos schedule (module docstring).
 
     ``edge_routes`` (``module:attribute``) runs the edge as its own process with that route
-    table; without it ``up`` runs the edge with the default one. Every process is stopped by
-    :meth:`close` (the owning fixture calls it, also on failure).
+    table; without it ``up`` runs the edge with the default one. ``edge_env`` overrides
+    variables of ``env`` for that edge process only (e.g. its Redis URL, when the nodes reach
+    Redis through a fault proxy but the edge should not); it needs ``edge_routes``. Every
+    process is stopped by :meth:`close` (the owning fixture calls it, also on failure).
     """
 
     env: Mapping[str, str]
@@ -122,6 +144,7 @@ class ChaosRun:
     scale: Mapping[str, int] = field(default_factory=dict)
     edge_routes: str | None = None
     edge_args: list[str] = field(default_factory=list)
+    edge_env: Mapping[str, str] = field(default_factory=dict)
     up_args: list[str] = field(default_factory=list)
     up: UpProcess | None = None
     edge: subprocess.Popen[bytes] | None = None
@@ -133,6 +156,8 @@ class ChaosRun:
 
     async def start(self, within: float = 120.0) -> None:
         """Start everything and wait until every slot runs and the edge answers."""
+        if self.edge_env and not self.edge_routes:
+            raise ValueError("edge_env needs edge_routes (an edge process of the run's own)")
         self.edge_port = int(self.env["GREENROOM_EDGE_PORT"])
         args = ["--actors", ",".join(self.actors)]
         for name, n in self.scale.items():
@@ -157,7 +182,7 @@ class ChaosRun:
                     str(ROOT),
                     *self.edge_args,
                 ],
-                env=dict(self.env),
+                env={**self.env, **self.edge_env},
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -19,6 +19,19 @@ import anyio
 
 from tests.support.up import UpProcess
 
+__all__ = [
+    "RESULTS",
+    "ROOT",
+    "SESSION_TIMEOUT_MS",
+    "UpProcess",
+    "base_env",
+    "percentiles",
+    "poll",
+    "start_up",
+    "up_processes",
+    "write_summary",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench-results" / "chaos"
 

@@ -10,7 +10,9 @@ Configured by environment variables (a node is a separate process):
                         message (a marker file in ``CHAOS_DIE_DIR`` records the death): the
                         effect is committed, the delivery never acknowledged.
 ``CHAOS_FAST_BREAKER``  when ``1``, :class:`Ledger`'s Postgres policy times out, trips and
-                        probes again within a few seconds (S3), instead of the defaults' tens.
+                        probes again within a few seconds (S3), instead of the defaults' tens
+                        (:data:`FAST_BREAKER`; the files actor of tests/chaos/shop_actors.py
+                        uses it for its bucket under the same variable).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Credited(msgspec.Struct, frozen=True, kw_only=True, tag="chaos.Credited"):
     seq: int
 
 
-_FAST_BREAKER = PolicyConfig(
+FAST_BREAKER = PolicyConfig(
     timeout_s=1.0,
     retry=RetryConfig(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.1),
     breaker=BreakerConfig(
@@ -85,7 +87,7 @@ class Ledger(PostgresActor):
     inbox = Credit
     data_name = os.environ.get("CHAOS_DATA_NAME", "chaos_ledger")
     if os.environ.get("CHAOS_FAST_BREAKER") == "1":
-        postgres_policy_config = _FAST_BREAKER
+        postgres_policy_config = FAST_BREAKER
         retry_attempts = 2
 
     def migrations(self) -> list[Migration]:

@@ -1,16 +1,26 @@
-"""S3: a dependency slowed, then cut, through the fault proxy; then healed.
+"""S3: a dependency slowed, then cut, through the fault proxy; then healed. Postgres leg.
 
-The Ledger nodes (tests/chaos/actors.py, ``CHAOS_FAST_BREAKER=1``: 1 s call timeout, a breaker
-over 10 calls that opens for 2 s) reach Postgres only through a
-:class:`~runtime.testing.fault_proxy.FaultProxy` (``GREENROOM_POSTGRES_URL`` points at it). Requests
+Scenario S3 has three legs, one per dependency, each through a
+:class:`~runtime.testing.fault_proxy.FaultProxy`:
+
+- Postgres (this module): the suite's Ledger actor; its breaker opens, the edge answers ``503``
+  fast, requests succeed again after healing, no effect lost or doubled.
+- Redis (``test_s3_redis_faults.py``): the shop's inventory and users services, whose Redis is
+  only a cache: requests keep succeeding from Postgres, fast, while their cache breakers are open;
+  the cache is written and read again after healing.
+- Object storage (``test_s3_storage_faults.py``): the files service over SeaweedFS; its breaker
+  opens, the edge answers ``503`` with ``Retry-After`` fast, completions succeed again after
+  healing, and every acknowledged upload reads back intact.
+
+Here the Ledger nodes (tests/chaos/actors.py, ``CHAOS_FAST_BREAKER=1``: 1 s call timeout, a breaker
+over 10 calls that opens for 2 s) reach Postgres only through the proxy
+(``GREENROOM_POSTGRES_URL`` points at it). Requests
 flow through the edge while the proxy is normal, then adds latency, then blackholes every byte,
 then heals.
 
 Checks (behaviour): with Postgres cut, the breaker opens and the edge answers ``503`` with
 ``Retry-After`` (printed: how fast); after healing, requests succeed again; across it all, every
-2xx has exactly one effect and no effect happened twice. This is the Postgres leg of S3 with the
-suite's own actor; the shop's Redis and S3 legs need the shop's actors (see the suite's README
-notes in the report).
+2xx has exactly one effect and no effect happened twice.
 """
 
 from __future__ import annotations
