@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 1_000
     kafka_max_batch: int = 500
+    # How long the producer waits to fill a batch. Longer batches cost the broker fewer
+    # requests per record under load, and each record up to this much latency.
+    kafka_linger_ms: int = 1
     commit_interval_s: float = 0.5
     partitions: int = 12
     topic_prefix: str = ""
@@ -65,6 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"GREENROOM_PARTITIONS must be at least 1, got {self.partitions}")
         if self.kafka_fetch_max_wait_ms < 0:
             raise SettingsError("GREENROOM_KAFKA_FETCH_MAX_WAIT_MS must not be negative")
+        if self.kafka_linger_ms < 0:
+            raise SettingsError("GREENROOM_KAFKA_LINGER_MS must not be negative")
         if not 0 < self.edge_port < 65536:
             raise SettingsError(f"GREENROOM_EDGE_PORT must be a TCP port, got {self.edge_port}")
 

@@ -105,6 +105,7 @@ class KafkaBroker(Broker):
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_batch=settings.kafka_max_batch,
             commit_interval_s=settings.commit_interval_s,
+            linger_ms=settings.kafka_linger_ms,
         )
 
     # --- lifecycle

@@ -41,6 +41,17 @@ def test_out_of_range_value_names_the_setting() -> None:
         load_settings({"GREENROOM_EDGE_PORT": "70000"})
     with pytest.raises(SettingsError, match="GREENROOM_PARTITIONS"):
         load_settings({"GREENROOM_PARTITIONS": "0"})
+    with pytest.raises(SettingsError, match="GREENROOM_KAFKA_LINGER_MS"):
+        load_settings({"GREENROOM_KAFKA_LINGER_MS": "-1"})
+
+
+def test_kafka_broker_takes_its_producer_linger_from_settings() -> None:
+    from runtime.bus.kafka import KafkaBroker
+
+    settings = load_settings(
+        {"GREENROOM_KAFKA_BOOTSTRAP": "127.0.0.1:9", "GREENROOM_KAFKA_LINGER_MS": "7"}
+    )
+    assert KafkaBroker.from_settings(settings).linger_ms == 7
 
 
 def test_bad_choice_names_the_setting() -> None:
