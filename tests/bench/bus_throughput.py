@@ -6,9 +6,9 @@ Starts its own Tansu (runtime.infra.tansu), then for each bus measures, on fresh
 
 * publish: ``count`` small records sent pipelined and acknowledged (acks=all);
 * consume: the same records read by a new consumer group and acknowledged one by one, timed
-  from the first record to the last (the group join is not counted); raw aiokafka is also
-  measured decoding each record into an Envelope, to separate the envelope's price from the
-  rest of Greenroom's delivery path;
+  from the first record to the last (the group join is not counted), the median of three
+  passes by new groups; raw aiokafka is also measured decoding each record into an Envelope,
+  to separate the envelope's price from the rest of Greenroom's delivery path;
 * end-to-end: a joined consumer reads while a producer publishes, timed from the first send to
   the last record read.
 
@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ TARGET_RATIO = 0.8
 TARGET_MEMORY = 200_000
 FETCH_MAX_WAIT_MS = 5  # Tansu does not wake a waiting fetch on new data (DESIGN.md)
 MAX_BATCH = 500
+CONSUME_RUNS = 3  # each consume figure is the median of this many passes, each a new group
 
 
 def make_envelopes(count: int) -> list[Envelope]:
@@ -55,6 +57,12 @@ def make_envelopes(count: int) -> list[Envelope]:
         Envelope.new("bench.Ping", b"%016d" % i, key=f"key-{i % 100}", headers={"traceparent": "x"})
         for i in range(count)
     ]
+
+
+async def median_of(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
+    """The median of ``runs`` measurements: one consume pass lasts well under a second, so a
+    single pass swings with whatever else the machine does."""
+    return statistics.median([await measure() for _ in range(runs)])
 
 
 def rate(count: int, seconds: float) -> float:
@@ -77,7 +85,9 @@ async def broker_round(broker: Broker, sent: Sequence[Envelope]) -> dict[str, fl
     await broker_publish(broker, topic, sent)
     publish_s = time.perf_counter() - began
 
-    consume_s = await broker_consume(broker, topic, f"g-{uuid.uuid4().hex[:8]}", count)
+    consume_s = await median_of(
+        CONSUME_RUNS, lambda: broker_consume(broker, topic, f"g-{uuid.uuid4().hex[:8]}", count)
+    )
 
     topic2 = f"bench-e2e-{uuid.uuid4().hex[:8]}"
     await broker.ensure_topics({topic2: PARTITIONS})
@@ -154,6 +164,20 @@ async def raw_consume_until(
     await consumer.commit()
 
 
+async def raw_consume_once(bootstrap: str, topic: str, count: int, *, decode: bool) -> float:
+    """Seconds a new group takes from its first record to its ``count``-th."""
+    first: list[float] = []
+    consumer = raw_consumer(bootstrap, topic)
+    await consumer.start()
+    try:
+        await raw_consume_until(
+            consumer, count, lambda: first.append(time.perf_counter()), decode=decode
+        )
+        return time.perf_counter() - first[0]
+    finally:
+        await consumer.stop()
+
+
 def raw_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
@@ -184,25 +208,12 @@ async def raw_round(
         await raw_publish(producer, topic, records)
         publish_s = time.perf_counter() - began
 
-        first: list[float] = []
-        consumer = raw_consumer(bootstrap, topic)
-        await consumer.start()
-        try:
-            await raw_consume_until(consumer, count, lambda: first.append(time.perf_counter()))
-            consume_s = time.perf_counter() - first[0]
-        finally:
-            await consumer.stop()
-
-        first.clear()
-        consumer = raw_consumer(bootstrap, topic)
-        await consumer.start()
-        try:
-            await raw_consume_until(
-                consumer, count, lambda: first.append(time.perf_counter()), decode=True
-            )
-            consume_decoded_s = time.perf_counter() - first[0]
-        finally:
-            await consumer.stop()
+        consume_s = await median_of(
+            CONSUME_RUNS, lambda: raw_consume_once(bootstrap, topic, count, decode=False)
+        )
+        consume_decoded_s = await median_of(
+            CONSUME_RUNS, lambda: raw_consume_once(bootstrap, topic, count, decode=True)
+        )
 
         topic2 = f"bench-raw-e2e-{uuid.uuid4().hex[:8]}"
         await admin_broker.ensure_topics({topic2: PARTITIONS})
