@@ -74,6 +74,8 @@ def _log() -> Any:
 _CORRELATION_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as in the IETF draft
 _KEY_FETCH_TIMEOUT_S: Final = 2.0
+# How long storing (or releasing) an idempotency record may hold an answer that already exists.
+_RECORD_TIMEOUT_S: Final = 1.0
 _READY_TIMEOUT_S: Final = 2.0
 _TRACE_HEADERS: Final = ("traceparent", "tracestate")
 
@@ -335,14 +337,17 @@ class Gateway:
             content = response.content
             assert isinstance(content, bytes)
             try:
-                with anyio.CancelScope(shield=True):
+                # Shielded (the answer exists: record it even if the deadline just passed) but
+                # bounded: redis-py's own reconnect-and-retry on a silent Redis took ~10 s, and
+                # the client's answer waited for it.
+                with anyio.CancelScope(shield=True), anyio.fail_after(_RECORD_TIMEOUT_S):
                     await store.complete(
                         claim,
                         response.status_code or route.status_code,
                         content,
                         "application/json",
                     )
-            except _redis_errors() as exc:
+            except _record_errors() as exc:
                 # The request itself succeeded (an order may now exist): answering 500 would
                 # hide that. The claim stays "in flight" until its TTL, so a retry with the same
                 # key meanwhile gets 409 rather than acting twice.
@@ -352,7 +357,11 @@ class Gateway:
             return response
         except BaseException:
             # Cancelled or crashed before an answer: free the key so the client's retry can run.
-            with anyio.CancelScope(shield=True), _suppress_redis_errors():
+            with (
+                anyio.CancelScope(shield=True),
+                _suppress_redis_errors(),
+                anyio.move_on_after(_RECORD_TIMEOUT_S),
+            ):
                 await store.release(claim)
             raise
 
@@ -453,6 +462,10 @@ def _redis_errors() -> tuple[type[Exception], ...]:
     from redis.exceptions import RedisError
 
     return (RedisError, OSError)
+
+
+def _record_errors() -> tuple[type[Exception], ...]:
+    return (*_redis_errors(), TimeoutError)
 
 
 @contextmanager
