@@ -81,6 +81,11 @@ class HangingLedger(Ledger):
 
     marker: Path
 
+    def supervised_children(self, node: Any) -> Any:
+        # No relay: the committed outbox row must wait for the next node's relay, so the test can
+        # see it unsent after the kill (PostgresActor runs a relay by itself, which would race).
+        return ()
+
     def handler_for(self, type_tag: str) -> Any:
         committed = super().handler_for(type_tag)
 
@@ -103,7 +108,7 @@ async def child(data_name: str, marker: str, mode: str) -> None:
         actor.marker = Path(marker)
     node = Node(actor, settings)
     if mode != "hang":
-        # The hanging node has no relay: its outbox row must wait for the next node's.
+        # A quick relay on the next node; the hanging one has none (HangingLedger).
         add_outbox_relay(node, poll_interval_s=0.05)
     await node.run()
 
